@@ -1,0 +1,1 @@
+"""Measurements on torch models: conservation laws, Hessian spectra, switch rates."""
