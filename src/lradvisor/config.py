@@ -1,0 +1,204 @@
+"""Model / sweep configuration files (YAML), validated into frozen pydantic models.
+
+Every problem with a file becomes one :class:`~lradvisor.errors.ConfigError` whose message
+names the file, the dotted field and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lradvisor.errors import ConfigError
+
+ACTIVATIONS = ("relu", "leaky_relu", "identity")
+LOSSES = ("ce", "mse")
+OPTIMIZERS = ("sgd", "adam")
+DATA_SOURCES = ("gaussian_mixture", "sklearn", "file")
+SKLEARN_SETS = ("digits", "wine", "breast_cancer", "iris")
+DTYPES = ("float32", "float64")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A fully connected network: input → hidden… → output, one activation between layers."""
+
+    hidden: list[PositiveInt] = Field(min_length=1)
+    activation: Literal["relu", "leaky_relu", "identity"] = "relu"
+    negative_slope: float = 0.01
+    bias: bool = False
+
+    @property
+    def depth(self) -> int:
+        """Number of weight layers."""
+        return len(self.hidden) + 1
+
+
+class DataSpec(_Strict):
+    """Where the training data come from.
+
+    ``gaussian_mixture`` is the paper's protocol (THEORY.md §3); ``sklearn`` one of
+    scikit-learn's bundled sets; ``file`` a user ``.npz`` (arrays ``X``, ``y``) or ``.csv``
+    (last column = integer class label).
+    """
+
+    source: Literal["gaussian_mixture", "sklearn", "file"] = "gaussian_mixture"
+    n: PositiveInt = 200
+    dim: PositiveInt = 20
+    classes: Annotated[int, Field(ge=2)] = 5
+    separation: PositiveFloat = 2.0
+    name: Literal["digits", "wine", "breast_cancer", "iris"] | None = None
+    path: str | None = None
+    standardize: bool = True
+    validation_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataSpec:
+        if self.source == "sklearn" and self.name is None:
+            raise ValueError(f"data.name: one of {', '.join(SKLEARN_SETS)} when source is sklearn")
+        if self.source == "file" and self.path is None:
+            raise ValueError("data.path: a .npz or .csv file when source is file")
+        return self
+
+
+class TrainingSpec(_Strict):
+    """How every trial trains: loss, optimiser, batch, steps, precision, device."""
+
+    loss: Literal["ce", "mse"] = "ce"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    batch_size: PositiveInt | None = None
+    steps: PositiveInt = 2000
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"
+    divergence_factor: Annotated[float, Field(gt=1.0)] = 1e3
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size is None
+
+
+class SweepSpec(_Strict):
+    """The (η, seed) grid of a sweep."""
+
+    lrs: list[PositiveFloat] = Field(
+        default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.5, 1.0], min_length=1
+    )
+    seeds: list[int] = Field(default=[42, 137, 256, 512, 1024], min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("distinct integer seeds")
+        return seeds
+
+
+class ModelConfig(_Strict):
+    """A whole model file: what to train, on what, how, and over which (η, seed) grid."""
+
+    name: str = "model"
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    training: TrainingSpec = TrainingSpec()
+    sweep: SweepSpec = SweepSpec()
+    source_file: str = Field(default="<memory>", exclude=True)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def _expected(error: dict) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "this required field"
+    if kind == "extra_forbidden":
+        return f"a known field ({', '.join(_allowed_fields(error['loc']))})"
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected', '')}".replace("'", "")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return error["msg"].replace("Input should be", "a value").strip()
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"].replace("Input should be", "").strip() or kind
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = ModelConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return [name for name in model.model_fields if name != "source_file"]
+
+
+def _from_validation_error(file: str, exc: ValidationError) -> ConfigError:
+    error = exc.errors()[0]
+    loc = error["loc"]
+    expected = _expected(error)
+    if error["type"] == "value_error" and ":" in expected.split(" ")[0]:
+        field, _, expected = expected.partition(": ")
+        return ConfigError(file, field, expected)
+    got = None if error["type"] in ("missing",) else error.get("input")
+    if isinstance(got, dict):
+        got = None
+    return ConfigError(file, _field_path(loc), expected, got)
+
+
+def parse_config(raw: object, *, file: str = "<memory>") -> ModelConfig:
+    """Validate an already-loaded mapping; raise :class:`ConfigError` on the first problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "<root>", "a YAML mapping with at least a 'model' section")
+    try:
+        config = ModelConfig.model_validate({**raw, "source_file": file})
+    except ValidationError as exc:
+        raise _from_validation_error(file, exc) from None
+    _check_data_file(config, file)
+    return config
+
+
+def _check_data_file(config: ModelConfig, file: str) -> None:
+    if config.data.source != "file":
+        return
+    path = resolve_data_path(config)
+    if path.suffix not in (".npz", ".csv"):
+        raise ConfigError(file, "data.path", "a .npz or .csv file", config.data.path)
+    if not path.is_file():
+        raise ConfigError(file, "data.path", "an existing file", str(path))
+
+
+def resolve_data_path(config: ModelConfig) -> Path:
+    """A relative ``data.path`` is read relative to the model file's folder."""
+    path = Path(config.data.path or "")
+    if path.is_absolute() or config.source_file == "<memory>":
+        return path
+    return Path(config.source_file).parent / path
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Read and validate a model YAML file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(file, "<file>", "a readable YAML file", exc.strerror) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "<file>"
+        raise ConfigError(file, where, "valid YAML") from None
+    return parse_config(raw, file=file)
