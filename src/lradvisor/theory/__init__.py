@@ -1,0 +1,47 @@
+"""The spectral theory of conservation-law breaking, in numpy and scipy only (THEORY.md).
+
+Nothing here imports torch, Optuna or MLflow: this is the part a reader checks against the
+paper, and it is testable in milliseconds.
+"""
+
+from __future__ import annotations
+
+from lradvisor.theory.coefficients import (
+    linear_network_coefficients,
+    mode_coefficients,
+    spectrum_correlation,
+)
+from lradvisor.theory.fits import (
+    eos_by_width,
+    fit_decay_timescale,
+    fit_power_law,
+    fit_tau,
+    fit_width_law,
+    local_slope,
+)
+from lradvisor.theory.spectral import (
+    crossover_rates,
+    eos_learning_rate,
+    gradient_imbalance_sum,
+    is_stable,
+    local_alpha,
+    quadratic_divergence_factor,
+)
+
+__all__ = [
+    "crossover_rates",
+    "eos_by_width",
+    "eos_learning_rate",
+    "fit_decay_timescale",
+    "fit_power_law",
+    "fit_tau",
+    "fit_width_law",
+    "gradient_imbalance_sum",
+    "is_stable",
+    "linear_network_coefficients",
+    "local_alpha",
+    "local_slope",
+    "mode_coefficients",
+    "quadratic_divergence_factor",
+    "spectrum_correlation",
+]
