@@ -107,16 +107,17 @@ class _Activation:
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.name == "relu":
-            return z.clamp_min(0)
+            return torch.relu(z)
         if self.name == "leaky_relu":
             return torch.nn.functional.leaky_relu(z, self.slope)
         return z
 
     def backward(self, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # aten's own activation backward kernels: several times faster than a masked multiply.
         if self.name == "relu":
-            return grad * (z > 0)
+            return torch.ops.aten.threshold_backward(grad, z, 0)
         if self.name == "leaky_relu":
-            return torch.where(z > 0, grad, grad * self.slope)
+            return torch.ops.aten.leaky_relu_backward(grad, z, self.slope, False)
         return grad
 
 

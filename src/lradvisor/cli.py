@@ -1,0 +1,119 @@
+"""The `lradvisor` command line: parse, call one library function, render.
+
+Every :class:`~lradvisor.errors.LRAdvisorError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+import click
+import numpy as np
+
+from lradvisor.errors import ConfigError, LRAdvisorError
+
+EXIT_USAGE = 2
+
+
+def _friendly(command: Callable) -> Callable:
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LRAdvisorError as exc:
+            click.echo(f"lradvisor: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+def _number_list(option: str, text: str | None, kind: type) -> list | None:
+    if text is None:
+        return None
+    try:
+        values = [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError("<command line>", option, f"a comma-separated list of {kind.__name__} values", text) from None
+    if not values:
+        raise ConfigError("<command line>", option, "at least one value", text)
+    if kind is float and any(not np.isfinite(v) or v <= 0 for v in values):
+        raise ConfigError("<command line>", option, "learning rates > 0", text)
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lradvisor")
+def main() -> None:
+    """Learning-rate advice from the spectral theory of conservation-law breaking."""
+
+
+@main.command()
+@click.option("--model", "model_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Model YAML file (see README 'Model file').")
+@click.option("--lrs", help="Comma-separated learning rates (overrides sweep.lrs).")
+@click.option("--seeds", help="Comma-separated integer seeds (overrides sweep.seeds).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per trial (overrides training.steps).")
+@click.option("--law", type=click.IntRange(min=1), default=1, show_default=True, help="Which law C_l the table shows.")
+@click.option("--device", help="torch device, e.g. cuda (overrides training.device).")
+@click.option("--no-predict", is_flag=True, help="Skip the spectral prediction of S(η).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write per-η and per-seed records and the fit here ('-' for stdout).")
+@_friendly
+def sweep(model_file: Path, lrs: str | None, seeds: str | None, steps: int | None, law: int, device: str | None, no_predict: bool, json_file: Path | None) -> None:
+    """Train an (η, seed) grid as one batched computation and fit the drift exponent α."""
+    from lradvisor.config import load_config
+    from lradvisor.render import render_sweep
+    from lradvisor.sweep import run
+
+    config = load_config(model_file)
+    if device is not None:
+        config = config.model_copy(update={"training": config.training.model_copy(update={"device": device})})
+    _check_device(config.training.device)
+    lr_list = _number_list("--lrs", lrs, float)
+    seed_list = _number_list("--seeds", seeds, int)
+    if law > config.model.depth - 1:
+        raise ConfigError(str(model_file), "--law", f"a law between 1 and {config.model.depth - 1}", law)
+    with _progress("training") as progress:
+        report = run(config, lrs=lr_list, seeds=seed_list, steps=steps, predict=not no_predict, progress=progress)
+    if json_file is not None and str(json_file) == "-":
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    click.echo(render_sweep(report, law=law - 1))
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.to_json(), indent=2))
+        click.echo(f"\nwrote {json_file}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("<command line>", "training.device", "'cpu' (no CUDA device is available here)", device)
+
+
+class _progress:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal) fed by the engine's callback."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar = None
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        from tqdm import tqdm
+
+        def update(done: int, total: int) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.label, unit="step", file=sys.stderr, disable=None, leave=False)
+            self.bar.update(done - self.bar.n)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    main()

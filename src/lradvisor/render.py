@@ -1,0 +1,79 @@
+"""Plain-text rendering of reports for the terminal."""
+
+from __future__ import annotations
+
+import math
+
+from lradvisor.sweep import SweepReport
+
+
+def _num(value: float | None, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return format(value, spec)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
+    rule = "  ".join("─" * w for w in widths)
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([line, rule, *body])
+
+
+def render_sweep(report: SweepReport, *, law: int = 0) -> str:
+    result = report.result
+    config = result.config
+    name = result.law_names[law]
+    kind = "η²·S (float64, exact identity)" if result.identity_holds else "C(T) − C(0) (direct; identity does not apply)"
+    batch = "full batch" if config.training.batch_size is None else f"batch {config.training.batch_size}"
+    lines = [
+        f"lradvisor sweep: {config.name} ({config.source_file})",
+        f"model {config.model.activation} MLP hidden {config.model.hidden}, bias={config.model.bias}; "
+        f"{config.training.loss.upper()} loss, {config.training.optimizer.upper()} {batch}, {result.steps} steps, {config.training.dtype}",
+        f"{result.n_trials} trials in {result.wall_time:.2f} s (batched); law {name}; drift = {kind}",
+        "",
+    ]
+    headers = ["η", "drift mean", "± std", "S mean", "id. resid", "final loss", "diverged"]
+    if report.prediction is not None:
+        headers += ["S predicted", "rel err"]
+    rows = []
+    for row in report.per_lr(law):
+        cells = [
+            _num(row["lr"], "g"),
+            _num(row["drift_mean"]),
+            _num(row["drift_std"], ".2g"),
+            _num(row["imbalance_sum_mean"]),
+            _num(row["identity_residual_max"], ".1e"),
+            _num(row["final_loss_mean"], ".4g"),
+            f"{row['diverged']}/{row['seeds']}",
+        ]
+        if report.prediction is not None:
+            marker = " (>EoS)" if row["beyond_eos"] else ""
+            cells += [_num(row["predicted_imbalance_sum"]), _num(row["predicted_relative_error"], ".0%") + marker]
+        rows.append(cells)
+    lines.append(table(headers, rows))
+    lines.append("")
+    fit = report.fits[law]
+    if fit is None:
+        lines.append("α: not fitted (fewer than 3 learning rates with a finite drift)")
+    else:
+        lo, hi = fit.alpha_ci
+        lines.append(
+            f"α = {fit.alpha:.3f}  95% CI [{lo:.3f}, {hi:.3f}] ({fit.ci_method})  R² = {fit.r2:.4f}  "
+            f"over {fit.n_points} learning rates   drift ∝ η^α"
+        )
+    for other, other_fit in enumerate(report.fits):
+        if other != law and other_fit is not None:
+            lines.append(f"  law {result.law_names[other]}: α = {other_fit.alpha:.3f}, R² = {other_fit.r2:.4f}")
+    if report.prediction is not None:
+        p = report.prediction
+        lines.append(
+            f"spectral prediction: λ_max(θ₀) = {p.lambda_max.mean():.4g} (seeds {p.lambda_max.min():.4g}–{p.lambda_max.max():.4g}), "
+            f"EoS bound 2/λ_max = {p.eos_lr:.4g}"
+        )
+    lines.append(report.prediction_note)
+    lines.extend(result.notes)
+    if result.bias_free_direct is not None:
+        lines.append("biased net: the drift above is the bias-aware law C = ‖W_{l+1}‖² − ‖W_l‖² − ‖b_l‖²; see --json 'bias_free_drift_direct' for the bias-free formula")
+    return "\n".join(lines)
