@@ -37,13 +37,37 @@ def test_sweep_prints_table_fit_and_prediction_and_writes_json(tmp_path):
     assert len(data["records"]) == 6
     assert data["alpha_ci"][0] <= data["alpha"] <= data["alpha_ci"][1]
     record = data["records"][0]
-    assert {"lr", "seed", "drift", "imbalance_sum", "identity_residual", "final_loss", "diverged"} <= record.keys()
+    assert {
+        "lr",
+        "seed",
+        "drift",
+        "imbalance_sum",
+        "identity_residual",
+        "final_loss",
+        "diverged",
+    } <= record.keys()
     assert max(r["identity_residual"][0] for r in data["records"]) < 1e-9
 
 
 def test_overrides_from_the_command_line(tmp_path):
     path = _write(tmp_path, SMALL)
-    result = CliRunner().invoke(main, ["sweep", "--model", str(path), "--lrs", "0.01,0.02,0.04", "--seeds", "3", "--steps", "50", "--no-predict", "--json", "-"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "--model",
+            str(path),
+            "--lrs",
+            "0.01,0.02,0.04",
+            "--seeds",
+            "3",
+            "--steps",
+            "50",
+            "--no-predict",
+            "--json",
+            "-",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert sorted({r["lr"] for r in data["records"]}) == [0.01, 0.02, 0.04]
@@ -66,7 +90,11 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, edit, field):
     raw = yaml.safe_load(yaml.safe_dump(SMALL))
     edit(raw)
     path = _write(tmp_path, raw)
-    proc = subprocess.run([sys.executable, "-m", "lradvisor.cli", "sweep", "--model", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lradvisor.cli", "sweep", "--model", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -22,9 +22,17 @@ def test_example_e5_is_the_headline_setup():
     [
         ({}, "model", "required"),
         ({"model": {}}, "model.hidden", "required"),
-        ({"model": {"hidden": [8], "activation": "gelu"}}, "model.activation", "relu, leaky_relu or identity"),
+        (
+            {"model": {"hidden": [8], "activation": "gelu"}},
+            "model.activation",
+            "relu, leaky_relu or identity",
+        ),
         ({"model": {"hidden": [8]}, "sweep": {"lrs": [-0.1]}}, "sweep.lrs.0", "greater than 0"),
-        ({"model": {"hidden": [8]}, "data": {"source": "file", "path": "missing.npz"}}, "data.path", "an existing file"),
+        (
+            {"model": {"hidden": [8]}, "data": {"source": "file", "path": "missing.npz"}},
+            "data.path",
+            "an existing file",
+        ),
         ({"model": {"hidden": [8]}, "data": {"source": "sklearn"}}, "data.name", "digits"),
         ({"model": {"hidden": [8]}, "trainng": {}}, "trainng", "a known field"),
         ({"model": {"hidden": [0]}}, "model.hidden.0", "greater than 0"),
@@ -53,7 +61,11 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 def test_relative_data_path_is_read_next_to_the_model_file(tmp_path):
     import numpy as np
 
-    np.savez(tmp_path / "d.npz", X=np.random.default_rng(0).normal(size=(30, 4)), y=np.arange(30) % 3)
+    np.savez(
+        tmp_path / "d.npz", X=np.random.default_rng(0).normal(size=(30, 4)), y=np.arange(30) % 3
+    )
     cfg = tmp_path / "m.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"hidden": [8]}, "data": {"source": "file", "path": "d.npz"}}))
+    cfg.write_text(
+        yaml.safe_dump({"model": {"hidden": [8]}, "data": {"source": "file", "path": "d.npz"}})
+    )
     assert load_config(cfg).data.path == "d.npz"

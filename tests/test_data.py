@@ -37,7 +37,9 @@ def test_mixture_is_drawn_after_the_model():
     assert torch.equal(state.data.X, X)
 
 
-@pytest.mark.parametrize(("name", "classes"), [("digits", 10), ("wine", 3), ("breast_cancer", 2), ("iris", 3)])
+@pytest.mark.parametrize(
+    ("name", "classes"), [("digits", 10), ("wine", 3), ("breast_cancer", 2), ("iris", 3)]
+)
 def test_sklearn_sets_are_standardised(name, classes):
     data = load_shared_dataset(make_config(data={"source": "sklearn", "name": name}))
     assert data.classes == classes
@@ -49,15 +51,26 @@ def test_csv_and_npz_files(tmp_path):
     X = rng.normal(size=(40, 3))
     y = np.array(["a", "b"] * 20)
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    data = load_shared_dataset(make_config(data={"source": "file", "path": str(tmp_path / "d.npz")}))
+    data = load_shared_dataset(
+        make_config(data={"source": "file", "path": str(tmp_path / "d.npz")})
+    )
     assert data.classes == 2 and data.dim == 3
-    np.savetxt(tmp_path / "d.csv", np.column_stack([X, np.arange(40) % 4]), delimiter=",", header="a,b,c,label")
-    data = load_shared_dataset(make_config(data={"source": "file", "path": str(tmp_path / "d.csv"), "validation_fraction": 0.25}))
+    np.savetxt(
+        tmp_path / "d.csv",
+        np.column_stack([X, np.arange(40) % 4]),
+        delimiter=",",
+        header="a,b,c,label",
+    )
+    data = load_shared_dataset(
+        make_config(
+            data={"source": "file", "path": str(tmp_path / "d.csv"), "validation_fraction": 0.25}
+        )
+    )
     assert data.classes == 4 and data.n == 30 and data.X_val.shape == (10, 3)
 
 
 def test_npz_without_arrays_names_the_field(tmp_path):
     np.savez(tmp_path / "d.npz", features=np.zeros((3, 2)))
     config = make_config(data={"source": "file", "path": str(tmp_path / "d.npz")})
-    with pytest.raises(ConfigError, match="data.path.*'X' and 'y'"):
+    with pytest.raises(ConfigError, match=r"data\.path.*'X' and 'y'"):
         load_shared_dataset(config)

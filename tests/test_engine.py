@@ -18,7 +18,9 @@ def _assert_identity(result, *, per_unit=True):
     bound = TOL * np.maximum(1.0, np.abs(direct))
     assert (np.abs(direct - identity) <= bound).all(), np.max(np.abs(direct - identity) / bound)
     if per_unit:
-        for unit_direct, unit_identity in zip(result.unit_drift_direct, result.unit_drift_identity, strict=True):
+        for unit_direct, unit_identity in zip(
+            result.unit_drift_direct, result.unit_drift_identity, strict=True
+        ):
             unit_bound = TOL * np.maximum(1.0, np.abs(unit_direct))
             assert (np.abs(unit_direct - unit_identity) <= unit_bound).all()
 
@@ -42,17 +44,22 @@ def test_identity_holds_to_round_off_in_float64(hidden, batch_size, loss):
 
 @pytest.mark.parametrize("activation", ["leaky_relu", "identity"])
 def test_identity_for_other_homogeneous_activations(activation):
-    config = make_config(model={"hidden": [16, 16], "activation": activation, "negative_slope": 0.2}, training={"steps": 200})
+    config = make_config(
+        model={"hidden": [16, 16], "activation": activation, "negative_slope": 0.2},
+        training={"steps": 200},
+    )
     _assert_identity(run_sweep(config))
 
 
 def test_biased_nets_bias_aware_law_holds_and_bias_free_formula_drifts_at_order_eta():
     """E2 reproduced and explained: the bias-free formula breaks at O(η), the bias-aware law holds."""
     eta_t = 3.0
-    config = make_config(model={"hidden": [16, 12], "bias": True}, sweep={"lrs": [0.01], "seeds": [1, 2, 3]})
+    config = make_config(
+        model={"hidden": [16, 12], "bias": True}, sweep={"lrs": [0.01], "seeds": [1, 2, 3]}
+    )
     drifts = {}
     for lr in (0.01, 0.001):
-        result = run_sweep(config, lrs=[lr], steps=int(round(eta_t / lr)))
+        result = run_sweep(config, lrs=[lr], steps=round(eta_t / lr))
         _assert_identity(result)
         drifts[lr] = result
     big, small = drifts[0.01], drifts[0.001]
@@ -68,19 +75,24 @@ def test_gradient_flow_limit_drift_falls_linearly_in_eta_at_fixed_eta_t():
     lrs = [1e-2, 1e-3, 1e-4]
     drift = []
     for lr in lrs:
-        result = run_sweep(config, lrs=[lr], steps=int(round(2.0 / lr)))
+        result = run_sweep(config, lrs=[lr], steps=round(2.0 / lr))
         drift.append(np.abs(result.drift(0)).mean())
     slope = np.polyfit(np.log(lrs), np.log(drift), 1)[0]
     assert abs(slope - 1.0) < 0.05, slope
 
 
 def test_divergence_is_marked_and_other_trials_go_on():
-    config = make_config(training={"loss": "mse", "steps": 200}, sweep={"lrs": [0.01, 50.0], "seeds": [1, 2]})
+    config = make_config(
+        training={"loss": "mse", "steps": 200}, sweep={"lrs": [0.01, 50.0], "seeds": [1, 2]}
+    )
     result = run_sweep(config)
     assert result.diverged.tolist() == [False, False, True, True]
     assert (result.diverged_step[2:] >= 0).all() and (result.diverged_step[2:] < 200).all()
     assert np.isnan(result.drift_identity[2:]).all() and np.isnan(result.final_loss[2:]).all()
-    assert np.isfinite(result.final_loss[:2]).all() and (result.final_loss[:2] < result.initial_loss[:2]).all()
+    assert (
+        np.isfinite(result.final_loss[:2]).all()
+        and (result.final_loss[:2] < result.initial_loss[:2]).all()
+    )
 
 
 def test_non_sgd_optimizers_report_direct_drift_only():

@@ -24,11 +24,23 @@ RTOL = 1e-6
         {"model": {"activation": "leaky_relu", "negative_slope": 0.1}},
         {"data": {"source": "sklearn", "name": "iris"}, "training": {"batch_size": 32}},
     ],
-    ids=["ce-full", "mse-biased-deep", "minibatch", "adam", "momentum-wd", "leaky", "iris-minibatch"],
+    ids=[
+        "ce-full",
+        "mse-biased-deep",
+        "minibatch",
+        "adam",
+        "momentum-wd",
+        "leaky",
+        "iris-minibatch",
+    ],
 )
 def test_batched_engine_matches_the_reference_loop(sections):
-    config = make_config(**{"training": {"steps": 120}, **sections} if "training" not in sections else sections)
-    config = config.model_copy(update={"training": config.training.model_copy(update={"steps": 120})})
+    config = make_config(
+        **{"training": {"steps": 120}, **sections} if "training" not in sections else sections
+    )
+    config = config.model_copy(
+        update={"training": config.training.model_copy(update={"steps": 120})}
+    )
     batched = run_sweep(config)
     for k in range(batched.n_trials):
         ref = run_reference_trial(config, float(batched.lrs[k]), int(batched.seeds[k]))
@@ -37,6 +49,8 @@ def test_batched_engine_matches_the_reference_loop(sections):
         np.testing.assert_allclose(batched.final_loss[k], ref.final_loss, rtol=RTOL, atol=1e-12)
         np.testing.assert_allclose(batched.drift_direct[k], ref.drift_direct, rtol=RTOL, atol=1e-12)
         if batched.identity_holds:
-            np.testing.assert_allclose(batched.drift_identity[k], ref.drift_identity, rtol=RTOL, atol=1e-12)
+            np.testing.assert_allclose(
+                batched.drift_identity[k], ref.drift_identity, rtol=RTOL, atol=1e-12
+            )
         else:
             assert np.isnan(ref.drift_identity).all()

@@ -37,7 +37,9 @@ def _number_list(option: str, text: str | None, kind: type) -> list | None:
     try:
         values = [kind(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise ConfigError("<command line>", option, f"a comma-separated list of {kind.__name__} values", text) from None
+        raise ConfigError(
+            "<command line>", option, f"a comma-separated list of {kind.__name__} values", text
+        ) from None
     if not values:
         raise ConfigError("<command line>", option, "at least one value", text)
     if kind is float and any(not np.isfinite(v) or v <= 0 for v in values):
@@ -52,16 +54,46 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "model_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Model YAML file (see README 'Model file').")
+@click.option(
+    "--model",
+    "model_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model YAML file (see README 'Model file').",
+)
 @click.option("--lrs", help="Comma-separated learning rates (overrides sweep.lrs).")
 @click.option("--seeds", help="Comma-separated integer seeds (overrides sweep.seeds).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps per trial (overrides training.steps).")
-@click.option("--law", type=click.IntRange(min=1), default=1, show_default=True, help="Which law C_l the table shows.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    help="Training steps per trial (overrides training.steps).",
+)
+@click.option(
+    "--law",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Which law C_l the table shows.",
+)
 @click.option("--device", help="torch device, e.g. cuda (overrides training.device).")
 @click.option("--no-predict", is_flag=True, help="Skip the spectral prediction of S(η).")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), help="Write per-η and per-seed records and the fit here ('-' for stdout).")
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write per-η and per-seed records and the fit here ('-' for stdout).",
+)
 @_friendly
-def sweep(model_file: Path, lrs: str | None, seeds: str | None, steps: int | None, law: int, device: str | None, no_predict: bool, json_file: Path | None) -> None:
+def sweep(
+    model_file: Path,
+    lrs: str | None,
+    seeds: str | None,
+    steps: int | None,
+    law: int,
+    device: str | None,
+    no_predict: bool,
+    json_file: Path | None,
+) -> None:
     """Train an (η, seed) grid as one batched computation and fit the drift exponent α."""
     from lradvisor.config import load_config
     from lradvisor.render import render_sweep
@@ -69,14 +101,25 @@ def sweep(model_file: Path, lrs: str | None, seeds: str | None, steps: int | Non
 
     config = load_config(model_file)
     if device is not None:
-        config = config.model_copy(update={"training": config.training.model_copy(update={"device": device})})
+        config = config.model_copy(
+            update={"training": config.training.model_copy(update={"device": device})}
+        )
     _check_device(config.training.device)
     lr_list = _number_list("--lrs", lrs, float)
     seed_list = _number_list("--seeds", seeds, int)
     if law > config.model.depth - 1:
-        raise ConfigError(str(model_file), "--law", f"a law between 1 and {config.model.depth - 1}", law)
+        raise ConfigError(
+            str(model_file), "--law", f"a law between 1 and {config.model.depth - 1}", law
+        )
     with _progress("training") as progress:
-        report = run(config, lrs=lr_list, seeds=seed_list, steps=steps, predict=not no_predict, progress=progress)
+        report = run(
+            config,
+            lrs=lr_list,
+            seeds=seed_list,
+            steps=steps,
+            predict=not no_predict,
+            progress=progress,
+        )
     if json_file is not None and str(json_file) == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -90,7 +133,9 @@ def _check_device(device: str) -> None:
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("<command line>", "training.device", "'cpu' (no CUDA device is available here)", device)
+        raise ConfigError(
+            "<command line>", "training.device", "'cpu' (no CUDA device is available here)", device
+        )
 
 
 class _progress:
@@ -105,7 +150,14 @@ class _progress:
 
         def update(done: int, total: int) -> None:
             if self.bar is None:
-                self.bar = tqdm(total=total, desc=self.label, unit="step", file=sys.stderr, disable=None, leave=False)
+                self.bar = tqdm(
+                    total=total,
+                    desc=self.label,
+                    unit="step",
+                    file=sys.stderr,
+                    disable=None,
+                    leave=False,
+                )
             self.bar.update(done - self.bar.n)
 
         return update

@@ -8,6 +8,7 @@ predictions are averaged, as the measured drift is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -47,7 +48,11 @@ def _initial_imbalance(config: ModelConfig, shapes, gradient: torch.Tensor) -> n
     biases = parts[n_weights:] if config.model.bias else None
     return np.array(
         [
-            float(unit_balance(weights[i + 1], weights[i], None if biases is None else biases[i]).sum())
+            float(
+                unit_balance(
+                    weights[i + 1], weights[i], None if biases is None else biases[i]
+                ).sum()
+            )
             for i in range(n_weights - 1)
         ]
     )
@@ -55,7 +60,7 @@ def _initial_imbalance(config: ModelConfig, shapes, gradient: torch.Tensor) -> n
 
 def parameter_count(config: ModelConfig, in_dim: int, out_dim: int) -> int:
     widths = [in_dim, *config.model.hidden, out_dim]
-    weights = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    weights = sum(a * b for a, b in pairwise(widths))
     return weights + (sum(widths[1:]) if config.model.bias else 0)
 
 
@@ -68,12 +73,18 @@ def predict_imbalance_sum(
 ) -> SpectralPrediction:
     """Predict S(η) for every law from the Hessian and gradient at initialisation."""
     dtype = torch.float64
-    shared = None if config.data.source == "gaussian_mixture" else load_shared_dataset(config, dtype=dtype)
+    shared = (
+        None
+        if config.data.source == "gaussian_mixture"
+        else load_shared_dataset(config, dtype=dtype)
+    )
     per_seed, lambda_max, outside = [], [], []
     for seed in seeds:
         state, shapes, theta = _initial_parameters(config, seed, shared)
         if theta.numel() > DENSE_LIMIT:
-            raise ValueError(f"{theta.numel()} parameters: the dense prediction is limited to {DENSE_LIMIT}")
+            raise ValueError(
+                f"{theta.numel()} parameters: the dense prediction is limited to {DENSE_LIMIT}"
+            )
         data = state.data
         loss_fn = mlp_loss_function(
             list(shapes),
@@ -93,7 +104,9 @@ def predict_imbalance_sum(
             modes = mode_coefficients(
                 gradient.numpy(), spectrum.eigenvectors, spectrum.eigenvalues, delta0=delta0
             )
-            laws.append(gradient_imbalance_sum(lrs, modes.eigenvalues, modes.coefficients, steps=steps))
+            laws.append(
+                gradient_imbalance_sum(lrs, modes.eigenvalues, modes.coefficients, steps=steps)
+            )
             outside.append(modes.outside_fraction)
         per_seed.append(np.stack(laws, axis=1))
         lambda_max.append(spectrum.lambda_max)

@@ -14,7 +14,9 @@ def _num(value: float | None, spec: str = ".3g") -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     rule = "  ".join("─" * w for w in widths)
     body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -25,8 +27,16 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
     result = report.result
     config = result.config
     name = result.law_names[law]
-    kind = "η²·S (float64, exact identity)" if result.identity_holds else "C(T) − C(0) (direct; identity does not apply)"
-    batch = "full batch" if config.training.batch_size is None else f"batch {config.training.batch_size}"
+    kind = (
+        "η²·S (float64, exact identity)"
+        if result.identity_holds
+        else "C(T) − C(0) (direct; identity does not apply)"
+    )
+    batch = (
+        "full batch"
+        if config.training.batch_size is None
+        else f"batch {config.training.batch_size}"
+    )
     lines = [
         f"lradvisor sweep: {config.name} ({config.source_file})",
         f"model {config.model.activation} MLP hidden {config.model.hidden}, bias={config.model.bias}; "
@@ -50,7 +60,10 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
         ]
         if report.prediction is not None:
             marker = " (>EoS)" if row["beyond_eos"] else ""
-            cells += [_num(row["predicted_imbalance_sum"]), _num(row["predicted_relative_error"], ".0%") + marker]
+            cells += [
+                _num(row["predicted_imbalance_sum"]),
+                _num(row["predicted_relative_error"], ".0%") + marker,
+            ]
         rows.append(cells)
     lines.append(table(headers, rows))
     lines.append("")
@@ -65,7 +78,9 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
         )
     for other, other_fit in enumerate(report.fits):
         if other != law and other_fit is not None:
-            lines.append(f"  law {result.law_names[other]}: α = {other_fit.alpha:.3f}, R² = {other_fit.r2:.4f}")
+            lines.append(
+                f"  law {result.law_names[other]}: α = {other_fit.alpha:.3f}, R² = {other_fit.r2:.4f}"
+            )
     if report.prediction is not None:
         p = report.prediction
         lines.append(
@@ -75,5 +90,7 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
     lines.append(report.prediction_note)
     lines.extend(result.notes)
     if result.bias_free_direct is not None:
-        lines.append("biased net: the drift above is the bias-aware law C = ‖W_{l+1}‖² − ‖W_l‖² − ‖b_l‖²; see --json 'bias_free_drift_direct' for the bias-free formula")
+        lines.append(
+            "biased net: the drift above is the bias-aware law C = ‖W_{l+1}‖² − ‖W_l‖² − ‖b_l‖²; see --json 'bias_free_drift_direct' for the bias-free formula"
+        )
     return "\n".join(lines)

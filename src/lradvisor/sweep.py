@@ -49,11 +49,13 @@ class SweepReport:
                 "identity_residual_max": _nanmax(residual[i]),
                 "final_loss_mean": _nanmean(loss[i]),
                 "diverged": int(np.nansum(diverged[i])),
-                "seeds": int(len(drift[i])),
+                "seeds": len(drift[i]),
             }
             if predicted is not None:
                 row["predicted_imbalance_sum"] = float(predicted[i])
-                row["predicted_relative_error"] = _relative_error(predicted[i], row["imbalance_sum_mean"])
+                row["predicted_relative_error"] = _relative_error(
+                    predicted[i], row["imbalance_sum_mean"]
+                )
                 row["beyond_eos"] = bool(self.prediction.eos_lr <= lr)
             rows.append(row)
         return rows
@@ -73,12 +75,18 @@ class SweepReport:
                 {
                     "lr": float(result.lrs[k]),
                     "seed": int(result.seeds[k]),
-                    "drift": _floats(result.drift_identity[k] if result.identity_holds else result.drift_direct[k]),
+                    "drift": _floats(
+                        result.drift_identity[k]
+                        if result.identity_holds
+                        else result.drift_direct[k]
+                    ),
                     "drift_identity": _floats(result.drift_identity[k]),
                     "drift_direct": _floats(result.drift_direct[k]),
                     "imbalance_sum": _floats(result.imbalance_sum[k]),
                     "identity_residual": _floats(residual[k]),
-                    "bias_free_drift_direct": None if result.bias_free_direct is None else _floats(result.bias_free_direct[k]),
+                    "bias_free_drift_direct": None
+                    if result.bias_free_direct is None
+                    else _floats(result.bias_free_direct[k]),
                     "c_initial": _floats(result.c_initial[k]),
                     "initial_loss": _float(result.initial_loss[k]),
                     "final_loss": _float(result.final_loss[k]),
@@ -97,7 +105,10 @@ class SweepReport:
             "alpha_ci": None if primary is None else list(primary.alpha_ci),
             "r2": None if primary is None else primary.r2,
             "fit": None if primary is None else primary.as_dict(),
-            "fits_by_law": {name: None if fit is None else fit.as_dict() for name, fit in zip(result.law_names, self.fits, strict=True)},
+            "fits_by_law": {
+                name: None if fit is None else fit.as_dict()
+                for name, fit in zip(result.law_names, self.fits, strict=True)
+            },
             "per_lr": {name: self.per_lr(i) for i, name in enumerate(result.law_names)},
             "prediction": None
             if self.prediction is None
@@ -178,14 +189,19 @@ def _predict(result: SweepResult) -> tuple[SpectralPrediction | None, str]:
     in_dim, out_dim = data_shape(config)
     count = parameter_count(config, in_dim, out_dim)
     if count > DENSE_LIMIT:
-        return None, f"spectral prediction needs the dense Hessian here: {count} parameters > {DENSE_LIMIT} (use `lradvisor suggest` for Lanczos)"
+        return (
+            None,
+            f"spectral prediction needs the dense Hessian here: {count} parameters > {DENSE_LIMIT} (use `lradvisor suggest` for Lanczos)",
+        )
     if config.training.batch_size is not None:
         note = "prediction uses the full-batch Hessian at init; the trials are mini-batch SGD"
     else:
         note = "S(η) predicted from the Hessian at init (dense), c_k from the initial-gradient projection"
     seeds = list(dict.fromkeys(result.seeds.tolist()))
     try:
-        prediction = predict_imbalance_sum(config, lrs=np.unique(result.lrs), seeds=seeds, steps=result.steps)
+        prediction = predict_imbalance_sum(
+            config, lrs=np.unique(result.lrs), seeds=seeds, steps=result.steps
+        )
     except LRAdvisorError as exc:
         return None, f"spectral prediction unavailable: {exc}"
     return prediction, note

@@ -96,7 +96,10 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> torch.Tenso
     per_epoch = n // batch_size
     generator = torch.Generator().manual_seed(seed)
     epochs = -(-steps // per_epoch)
-    rows = [torch.randperm(n, generator=generator)[: per_epoch * batch_size].view(per_epoch, batch_size) for _ in range(epochs)]
+    rows = [
+        torch.randperm(n, generator=generator)[: per_epoch * batch_size].view(per_epoch, batch_size)
+        for _ in range(epochs)
+    ]
     return torch.cat(rows)[:steps]
 
 
@@ -129,10 +132,15 @@ class _State:
 
 
 def _stack_state(states: Sequence[InitialState], device: torch.device) -> _State:
-    weights = [torch.stack([s.weights[i] for s in states]).to(device) for i in range(len(states[0].weights))]
+    weights = [
+        torch.stack([s.weights[i] for s in states]).to(device)
+        for i in range(len(states[0].weights))
+    ]
     biases = None
     if states[0].biases is not None:
-        biases = [torch.stack([s.biases[i] for s in states]).to(device) for i in range(len(weights))]
+        biases = [
+            torch.stack([s.biases[i] for s in states]).to(device) for i in range(len(weights))
+        ]
     return _State(weights, biases)
 
 
@@ -146,7 +154,15 @@ def _laws(weights: list[torch.Tensor], biases: list[torch.Tensor] | None) -> lis
 class _Batch:
     """The trials' data on the device: full batch, or a mini-batch per step."""
 
-    def __init__(self, datasets: list[Dataset], trial_data: torch.Tensor, config: ModelConfig, seeds: np.ndarray, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        datasets: list[Dataset],
+        trial_data: torch.Tensor,
+        config: ModelConfig,
+        seeds: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         self.shared = len(datasets) == 1
         stack = torch.stack if not self.shared else (lambda xs: xs[0])
         self.X = stack([d.X for d in datasets]).to(device=device, dtype=dtype)
@@ -160,7 +176,9 @@ class _Batch:
         self.indices = None
         if batch_size is not None and batch_size < n:
             steps = config.training.steps
-            per_seed = {int(s): batch_indices(n, batch_size, steps, int(s)) for s in np.unique(seeds)}
+            per_seed = {
+                int(s): batch_indices(n, batch_size, steps, int(s)) for s in np.unique(seeds)
+            }
             self.indices = torch.stack([per_seed[int(s)] for s in seeds], dim=1).to(device)
             self.rows = torch.arange(len(seeds), device=device)[:, None]
 
@@ -173,7 +191,9 @@ class _Batch:
         return self.X[self.rows, idx], self.onehot[self.rows, idx]
 
 
-def _forward(state: _State, X: torch.Tensor, act: _Activation) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+def _forward(
+    state: _State, X: torch.Tensor, act: _Activation
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     inputs, pre = [X], []
     h = X
     last = len(state.weights) - 1
@@ -189,7 +209,9 @@ def _forward(state: _State, X: torch.Tensor, act: _Activation) -> tuple[torch.Te
     raise AssertionError("unreachable")
 
 
-def _loss_and_grad(out: torch.Tensor, target: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_and_grad(
+    out: torch.Tensor, target: torch.Tensor, loss: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-trial mean loss and its gradient with respect to the outputs."""
     n = out.shape[-2]
     if loss == "ce":
@@ -201,7 +223,13 @@ def _loss_and_grad(out: torch.Tensor, target: torch.Tensor, loss: str) -> tuple[
     return value, diff * (2.0 / diff[0].numel())
 
 
-def _backward(state: _State, d_out: torch.Tensor, inputs: list[torch.Tensor], pre: list[torch.Tensor], act: _Activation) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+def _backward(
+    state: _State,
+    d_out: torch.Tensor,
+    inputs: list[torch.Tensor],
+    pre: list[torch.Tensor],
+    act: _Activation,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     n_layers = len(state.weights)
     grads: list[torch.Tensor] = [None] * n_layers  # type: ignore[list-item]
     bias_grads: list[torch.Tensor] | None = None if state.biases is None else [None] * n_layers  # type: ignore[list-item]
@@ -229,7 +257,9 @@ class _Optimizer:
     def _lr(self, param: torch.Tensor) -> torch.Tensor:
         return self.lrs.view(-1, *([1] * (param.dim() - 1)))
 
-    def update(self, params: list[torch.Tensor], grads: list[torch.Tensor], alive: torch.Tensor) -> list[torch.Tensor]:
+    def update(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], alive: torch.Tensor
+    ) -> list[torch.Tensor]:
         self.step_count += 1
         out = []
         for slot, (param, grad) in enumerate(zip(params, grads, strict=True)):
@@ -260,7 +290,9 @@ class _Optimizer:
         return (m / bias1) / (v.sqrt() / bias2**0.5 + _ADAM_EPS)
 
 
-def _trial_grid(config: ModelConfig, lrs: Sequence[float] | None, seeds: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _trial_grid(
+    config: ModelConfig, lrs: Sequence[float] | None, seeds: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray]:
     lr_values = np.asarray(lrs if lrs is not None else config.sweep.lrs, dtype=float)
     seed_values = np.asarray(seeds if seeds is not None else config.sweep.seeds, dtype=np.int64)
     return np.repeat(lr_values, len(seed_values)), np.tile(seed_values, len(lr_values))
@@ -286,11 +318,17 @@ def run_sweep(
     """
     started = time.perf_counter()
     if steps is not None:
-        config = config.model_copy(update={"training": config.training.model_copy(update={"steps": steps})})
+        config = config.model_copy(
+            update={"training": config.training.model_copy(update={"steps": steps})}
+        )
     trial_lrs, trial_seeds = _trial_grid(config, lrs, seeds)
     dtype = getattr(torch, config.training.dtype)
     device = torch.device(config.training.device)
-    shared = None if config.data.source == "gaussian_mixture" else load_shared_dataset(config, dtype=dtype)
+    shared = (
+        None
+        if config.data.source == "gaussian_mixture"
+        else load_shared_dataset(config, dtype=dtype)
+    )
     unique_seeds = list(dict.fromkeys(trial_seeds.tolist()))
     initial = {seed: initial_state(config, seed, shared, dtype=dtype) for seed in unique_seeds}
     states = [initial[int(seed)] for seed in trial_seeds]
@@ -304,19 +342,32 @@ def run_sweep(
     return _collect(config, trial_lrs, trial_seeds, result, val_loss, time.perf_counter() - started)
 
 
-def _train(config: ModelConfig, state: _State, batch: _Batch, trial_lrs: np.ndarray, device: torch.device, dtype: torch.dtype, progress: ProgressCallback | None, history_points: int) -> dict:
+def _train(
+    config: ModelConfig,
+    state: _State,
+    batch: _Batch,
+    trial_lrs: np.ndarray,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: ProgressCallback | None,
+    history_points: int,
+) -> dict:
     steps = config.training.steps
     act = _Activation(config.model.activation, config.model.negative_slope)
     lrs = torch.tensor(trial_lrs, dtype=dtype, device=device)
     optimizer = _Optimizer(config, lrs)
     n_trials = len(trial_lrs)
     c_initial = [law.clone() for law in _laws(state.weights, state.biases)]
-    bias_free_initial = [law.sum(-1) for law in _laws(state.weights, None)] if state.biases is not None else None
+    bias_free_initial = (
+        [law.sum(-1) for law in _laws(state.weights, None)] if state.biases is not None else None
+    )
     imbalance = [torch.zeros_like(law) for law in c_initial]
     alive = torch.ones(n_trials, dtype=torch.bool, device=device)
     diverged_step = torch.full((n_trials,), -1, dtype=torch.long, device=device)
     record_at = _history_steps(steps, history_points)
-    history = torch.full((len(record_at), n_trials), float("nan"), dtype=torch.float64, device=device)
+    history = torch.full(
+        (len(record_at), n_trials), float("nan"), dtype=torch.float64, device=device
+    )
     record_slot = {int(t): i for i, t in enumerate(record_at)}
     initial_loss = None
     factor = config.training.divergence_factor
@@ -354,7 +405,9 @@ def _train(config: ModelConfig, state: _State, batch: _Batch, trial_lrs: np.ndar
     if steps in record_slot:
         history[record_slot[steps]] = torch.where(alive, final_loss.to(torch.float64), float("nan"))
     c_final = _laws(state.weights, state.biases)
-    bias_free_final = [law.sum(-1) for law in _laws(state.weights, None)] if state.biases is not None else None
+    bias_free_final = (
+        [law.sum(-1) for law in _laws(state.weights, None)] if state.biases is not None else None
+    )
     return {
         "state": state,
         "alive": alive,
@@ -362,7 +415,9 @@ def _train(config: ModelConfig, state: _State, batch: _Batch, trial_lrs: np.ndar
         "c_initial": c_initial,
         "c_final": c_final,
         "imbalance": imbalance,
-        "bias_free": None if bias_free_initial is None else [f - i for f, i in zip(bias_free_final, bias_free_initial, strict=True)],
+        "bias_free": None
+        if bias_free_initial is None
+        else [f - i for f, i in zip(bias_free_final, bias_free_initial, strict=True)],
         "initial_loss": initial_loss,
         "final_loss": final_loss,
         "history": history,
@@ -370,7 +425,15 @@ def _train(config: ModelConfig, state: _State, batch: _Batch, trial_lrs: np.ndar
     }
 
 
-def _validation_loss(config: ModelConfig, state: _State, datasets: list[Dataset], trial_data: torch.Tensor, alive: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _validation_loss(
+    config: ModelConfig,
+    state: _State,
+    datasets: list[Dataset],
+    trial_data: torch.Tensor,
+    alive: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     if datasets[0].X_val is None:
         return torch.full_like(alive, float("nan"), dtype=torch.float64)
     act = _Activation(config.model.activation, config.model.negative_slope)
@@ -380,11 +443,20 @@ def _validation_loss(config: ModelConfig, state: _State, datasets: list[Dataset]
         X = torch.stack([d.X_val for d in datasets]).to(device, dtype)[trial_data]
         y = torch.stack([d.y_val for d in datasets]).to(device)[trial_data]
     out, _, _ = _forward(state, X, act)
-    loss, _ = _loss_and_grad(out, torch.nn.functional.one_hot(y, datasets[0].classes).to(dtype), config.training.loss)
+    loss, _ = _loss_and_grad(
+        out, torch.nn.functional.one_hot(y, datasets[0].classes).to(dtype), config.training.loss
+    )
     return torch.where(alive, loss.to(torch.float64), float("nan"))
 
 
-def _collect(config: ModelConfig, trial_lrs: np.ndarray, trial_seeds: np.ndarray, r: dict, val_loss: torch.Tensor, wall: float) -> SweepResult:
+def _collect(
+    config: ModelConfig,
+    trial_lrs: np.ndarray,
+    trial_seeds: np.ndarray,
+    r: dict,
+    val_loss: torch.Tensor,
+    wall: float,
+) -> SweepResult:
     alive = r["alive"].cpu().numpy()
     holds = identity_applies(config)
     eta2 = torch.tensor(trial_lrs, dtype=torch.float64).unsqueeze(-1)
@@ -404,7 +476,9 @@ def _collect(config: ModelConfig, trial_lrs: np.ndarray, trial_seeds: np.ndarray
     imbalance = per_law([law.sum(-1) for law in r["imbalance"]])
     notes = []
     if not holds:
-        notes.append(f"optimizer {config.training.optimizer} (momentum={config.training.momentum}, weight_decay={config.training.weight_decay}) breaks the η²·S identity: drift is the direct difference C(T) − C(0)")
+        notes.append(
+            f"optimizer {config.training.optimizer} (momentum={config.training.momentum}, weight_decay={config.training.weight_decay}) breaks the η²·S identity: drift is the direct difference C(T) − C(0)"
+        )
     return SweepResult(
         config=config,
         lrs=trial_lrs,

@@ -38,7 +38,9 @@ class Dataset:
         return int(self.X.shape[1])
 
 
-def gaussian_mixture(n: int, dim: int, classes: int, separation: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_mixture(
+    n: int, dim: int, classes: int, separation: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw the mixture from torch's *current global* generator (call after building the model).
 
     Order of draws: class centres N(0, I_d) rescaled to norm s·√d; balanced labels
@@ -76,22 +78,33 @@ def _load_file(path: Path, config_file: str) -> tuple[np.ndarray, np.ndarray]:
         if path.suffix == ".npz":
             with np.load(path) as archive:
                 if "X" not in archive or "y" not in archive:
-                    raise ConfigError(config_file, "data.path", "an .npz file holding arrays 'X' and 'y'", str(path))
+                    raise ConfigError(
+                        config_file,
+                        "data.path",
+                        "an .npz file holding arrays 'X' and 'y'",
+                        str(path),
+                    )
                 return np.asarray(archive["X"], dtype=float), np.asarray(archive["y"])
         table = np.genfromtxt(path, delimiter=",", dtype=float)
         if np.isnan(table[0]).all():
             table = table[1:]
     except (OSError, ValueError) as exc:
-        raise ConfigError(config_file, "data.path", "a readable .npz or numeric .csv file", f"{path}: {exc}") from None
+        raise ConfigError(
+            config_file, "data.path", "a readable .npz or numeric .csv file", f"{path}: {exc}"
+        ) from None
     if table.ndim != 2 or table.shape[1] < 2 or np.isnan(table).any():
-        raise ConfigError(config_file, "data.path", "a numeric .csv with features then a label column", str(path))
+        raise ConfigError(
+            config_file, "data.path", "a numeric .csv with features then a label column", str(path)
+        )
     return table[:, :-1], table[:, -1]
 
 
 def _encode_labels(y: np.ndarray, config_file: str) -> tuple[np.ndarray, int]:
     values, encoded = np.unique(y, return_inverse=True)
     if len(values) < 2:
-        raise ConfigError(config_file, "data", "labels of at least two classes", f"{len(values)} class")
+        raise ConfigError(
+            config_file, "data", "labels of at least two classes", f"{len(values)} class"
+        )
     return encoded, len(values)
 
 
@@ -99,7 +112,7 @@ def _split(X: torch.Tensor, y: torch.Tensor, fraction: float) -> tuple[torch.Ten
     if fraction == 0.0:
         return X, y, None, None
     order = torch.from_numpy(np.random.default_rng(0).permutation(len(y)))
-    n_val = max(1, int(round(fraction * len(y))))
+    n_val = max(1, round(fraction * len(y)))
     val, train = order[:n_val], order[n_val:]
     return X[train], y[train], X[val], y[val]
 
@@ -115,13 +128,22 @@ def load_shared_dataset(config: ModelConfig, *, dtype: torch.dtype = torch.float
         X, y = _load_file(path, config.source_file)
         name = path.name
     if X.ndim != 2:
-        raise ConfigError(config.source_file, "data", "a 2-D feature array X (n × d)", f"shape {X.shape}")
+        raise ConfigError(
+            config.source_file, "data", "a 2-D feature array X (n × d)", f"shape {X.shape}"
+        )
     if len(X) != len(y):
-        raise ConfigError(config.source_file, "data", "as many labels as rows of X", f"{len(X)} rows, {len(y)} labels")
+        raise ConfigError(
+            config.source_file,
+            "data",
+            "as many labels as rows of X",
+            f"{len(X)} rows, {len(y)} labels",
+        )
     labels, classes = _encode_labels(y, config.source_file)
     if spec.standardize:
         X = _standardize(X)
-    X_t, y_t, X_v, y_v = _split(torch.tensor(X, dtype=dtype), torch.from_numpy(labels).long(), spec.validation_fraction)
+    X_t, y_t, X_v, y_v = _split(
+        torch.tensor(X, dtype=dtype), torch.from_numpy(labels).long(), spec.validation_fraction
+    )
     return Dataset(X_t, y_t, classes, name, X_v, y_v)
 
 

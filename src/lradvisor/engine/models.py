@@ -7,6 +7,7 @@ Both the batched engine and the per-trial reference loop initialise through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ def build_mlp(spec: ModelSpec, in_dim: int, out_dim: int) -> nn.Sequential:
     """PyTorch default initialisation, U(−1/√fan_in, 1/√fan_in), built from the global generator."""
     widths = layer_widths(spec, in_dim, out_dim)
     layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for index, (fan_in, fan_out) in enumerate(pairwise(widths)):
         if index > 0:
             layers.append(activation_module(spec))
         layers.append(nn.Linear(fan_in, fan_out, bias=spec.bias))
@@ -51,7 +52,9 @@ def linear_layers(model: nn.Module) -> list[nn.Linear]:
     return [module for module in model.modules() if isinstance(module, nn.Linear)]
 
 
-def initial_state(config: ModelConfig, seed: int, shared: Dataset | None, *, dtype: torch.dtype) -> InitialState:
+def initial_state(
+    config: ModelConfig, seed: int, shared: Dataset | None, *, dtype: torch.dtype
+) -> InitialState:
     """Seed the global generator, build the model, then draw the data (published RNG order)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -61,5 +64,7 @@ def initial_state(config: ModelConfig, seed: int, shared: Dataset | None, *, dty
         data = shared if shared is not None else mixture_dataset(config.data, dtype=dtype)
     layers = linear_layers(model)
     weights = [layer.weight.detach().to(dtype).clone() for layer in layers]
-    biases = [layer.bias.detach().to(dtype).clone() for layer in layers] if config.model.bias else None
+    biases = (
+        [layer.bias.detach().to(dtype).clone() for layer in layers] if config.model.bias else None
+    )
     return InitialState(weights, biases, data)

@@ -49,7 +49,11 @@ def _optimizer(config: ModelConfig, model: nn.Module, lr: float) -> torch.optim.
 def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceTrial:
     """Train one (η, seed) trial with nn.Module + torch.optim + the monitor."""
     dtype = getattr(torch, config.training.dtype)
-    shared = None if config.data.source == "gaussian_mixture" else load_shared_dataset(config, dtype=dtype)
+    shared = (
+        None
+        if config.data.source == "gaussian_mixture"
+        else load_shared_dataset(config, dtype=dtype)
+    )
     state = initial_state(config, seed, shared, dtype=dtype)
     data = state.data
     model = build_mlp(config.model, data.dim, data.classes).to(dtype)
@@ -74,7 +78,9 @@ def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceT
         loss = _loss(model(xb), yb, config.training.loss, data.classes)
         value = float(loss.detach())
         initial_loss = value if initial_loss is None else initial_loss
-        if not np.isfinite(value) or value > config.training.divergence_factor * max(initial_loss, 1e-12):
+        if not np.isfinite(value) or value > config.training.divergence_factor * max(
+            initial_loss, 1e-12
+        ):
             diverged = True
             break
         loss.backward()

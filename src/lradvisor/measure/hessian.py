@@ -59,21 +59,29 @@ def mlp_loss_function(
     return f
 
 
-def dense_hessian(loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+def dense_hessian(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor
+) -> torch.Tensor:
     """Exact Hessian (P × P) by forward-over-reverse differentiation."""
     if theta.numel() > DENSE_LIMIT:
         raise ValueError(f"dense Hessian limited to {DENSE_LIMIT} parameters, got {theta.numel()}")
     return torch.func.hessian(loss_fn)(theta)
 
 
-def dense_spectrum(loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> Spectrum:
+def dense_spectrum(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor
+) -> Spectrum:
     """All eigenpairs of the Hessian, descending, as float64 numpy arrays."""
     hessian = dense_hessian(loss_fn, theta.to(torch.float64))
     hessian = 0.5 * (hessian + hessian.T)
     values, vectors = torch.linalg.eigh(hessian)
     order = torch.argsort(values, descending=True)
-    return Spectrum(values[order].numpy(), vectors[:, order].numpy(), method="dense", n_hvp=theta.numel())
+    return Spectrum(
+        values[order].numpy(), vectors[:, order].numpy(), method="dense", n_hvp=theta.numel()
+    )
 
 
-def flat_gradient(loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+def flat_gradient(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor
+) -> torch.Tensor:
     return torch.func.grad(loss_fn)(theta)
