@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,9 @@ from lradvisor.engine.models import InitialState, initial_state
 from lradvisor.measure.laws import unit_balance
 
 ProgressCallback = Callable[[int, int], None]
+
+# More slices than workers lets a worker on a busy core take fewer of them (load balance).
+SLICES_PER_WORKER = 1
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -108,9 +112,14 @@ class _Activation:
         self.name = name
         self.slope = slope
 
+    @property
+    def in_place(self) -> bool:
+        """ReLU runs in place: relu(z) > 0 exactly where z > 0, so its backward can use it."""
+        return self.name == "relu"
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.name == "relu":
-            return torch.relu(z)
+            return z.relu_()
         if self.name == "leaky_relu":
             return torch.nn.functional.leaky_relu(z, self.slope)
         return z
@@ -151,8 +160,30 @@ def _laws(weights: list[torch.Tensor], biases: list[torch.Tensor] | None) -> lis
     ]
 
 
+def _accumulate_imbalance(
+    sums: list[torch.Tensor], grads: list[torch.Tensor], bias_grads: list[torch.Tensor] | None
+) -> None:
+    """S_j += δ_j(t) per unit, into float64 sums.
+
+    The per-unit sums of squares are reduced in the gradients' own precision and the
+    difference is taken in the float64 accumulator (in-place type promotion), which is what
+    keeps the cancellation between layers exact. For float64 training this is the same as
+    :func:`unit_balance`; for float32 it avoids two float64 copies of every gradient a step.
+    """
+    for i, total in enumerate(sums):
+        total.add_((grads[i + 1] * grads[i + 1]).sum(-2))
+        total.sub_((grads[i] * grads[i]).sum(-1))
+        if bias_grads is not None:
+            total.sub_(bias_grads[i] * bias_grads[i])
+
+
 class _Batch:
-    """The trials' data on the device: full batch, or a mini-batch per step."""
+    """The trials' data on the device, samples along the *last* axis (features × samples).
+
+    The sample-last layout puts the long axis where batched GEMMs and the softmax over a
+    handful of classes are fast on CPUs (measured: softmax over 5 classes is 20× faster
+    along a non-last axis here).
+    """
 
     def __init__(
         self,
@@ -164,13 +195,15 @@ class _Batch:
         dtype: torch.dtype,
     ) -> None:
         self.shared = len(datasets) == 1
-        stack = torch.stack if not self.shared else (lambda xs: xs[0])
-        self.X = stack([d.X for d in datasets]).to(device=device, dtype=dtype)
-        self.y = stack([d.y for d in datasets]).to(device)
-        if not self.shared:
-            self.X, self.y = self.X[trial_data], self.y[trial_data]
         self.classes = datasets[0].classes
-        self.onehot = torch.nn.functional.one_hot(self.y, self.classes).to(dtype)
+        X = torch.stack([d.X for d in datasets]).to(device=device, dtype=dtype)
+        y = torch.stack([d.y for d in datasets]).to(device)
+        if not self.shared:
+            X, y = X[trial_data], y[trial_data]
+        self.X = X  # (groups, n, d): rows are samples, for mini-batch gathering
+        self.onehot = torch.nn.functional.one_hot(y, self.classes).to(dtype)
+        self.XT = X.transpose(-1, -2).contiguous()
+        self.targetT = self.onehot.transpose(-1, -2).contiguous()
         n = datasets[0].n
         batch_size = config.training.batch_size
         self.indices = None
@@ -183,44 +216,57 @@ class _Batch:
             self.rows = torch.arange(len(seeds), device=device)[:, None]
 
     def at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs d × b, targets K × b) of this step, with a leading trial (or group) axis."""
         if self.indices is None:
-            return self.X, self.onehot
+            return self.XT, self.targetT
         idx = self.indices[step]
         if self.shared:
-            return self.X[idx], self.onehot[idx]
-        return self.X[self.rows, idx], self.onehot[self.rows, idx]
+            return self.X[0, idx].transpose(-1, -2), self.onehot[0, idx].transpose(-1, -2)
+        return self.X[self.rows, idx].transpose(-1, -2), self.onehot[self.rows, idx].transpose(
+            -1, -2
+        )
 
 
 def _forward(
-    state: _State, X: torch.Tensor, act: _Activation
+    state: _State, XT: torch.Tensor, act: _Activation
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    inputs, pre = [X], []
-    h = X
+    """Outputs (K × b per trial), the input of every layer and every pre-activation."""
+    inputs, pre = [XT], []
+    h = XT
     last = len(state.weights) - 1
     for i, weight in enumerate(state.weights):
-        z = torch.matmul(h, weight.transpose(-1, -2))
+        z = torch.matmul(weight, h)
         if state.biases is not None:
-            z = z + state.biases[i].unsqueeze(-2)
+            z = z + state.biases[i].unsqueeze(-1)
         if i == last:
             return z, inputs, pre
-        pre.append(z)
         h = act.forward(z)
+        pre.append(h if act.in_place else z)
         inputs.append(h)
     raise AssertionError("unreachable")
 
 
-def _loss_and_grad(
-    out: torch.Tensor, target: torch.Tensor, loss: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trial mean loss and its gradient with respect to the outputs."""
-    n = out.shape[-2]
+def _output_grad(out: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Gradient of the per-trial mean loss with respect to the outputs (classes × samples)."""
     if loss == "ce":
-        lse = out.logsumexp(-1, keepdim=True)
-        value = (lse.squeeze(-1) - (out * target).sum(-1)).mean(-1)
-        return value, ((out - lse).exp() - target) / n
+        return (torch.softmax(out, dim=-2) - target) / out.shape[-1]
+    return (out - target) * (2.0 / (out.shape[-1] * out.shape[-2]))
+
+
+def exact_loss(out: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-trial mean loss (CE by log-sum-exp, accurate near zero); outputs classes × samples."""
+    if loss == "ce":
+        lse = out.logsumexp(-2)
+        return (lse - (out * target).sum(-2)).mean(-1)
     diff = out - target
-    value = (diff * diff).mean((-1, -2))
-    return value, diff * (2.0 / diff[0].numel())
+    return (diff * diff).mean((-1, -2))
+
+
+def _weight_grad(delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """δ (out × b) times inputsᵀ (b × in), formed with the smaller output side as GEMM rows."""
+    if inputs.shape[-2] < delta.shape[-2]:
+        return torch.matmul(inputs, delta.transpose(-1, -2)).transpose(-1, -2)
+    return torch.matmul(delta, inputs.transpose(-1, -2))
 
 
 def _backward(
@@ -235,11 +281,13 @@ def _backward(
     bias_grads: list[torch.Tensor] | None = None if state.biases is None else [None] * n_layers  # type: ignore[list-item]
     delta = d_out
     for i in range(n_layers - 1, -1, -1):
-        grads[i] = torch.matmul(delta.transpose(-1, -2), inputs[i])
+        grads[i] = _weight_grad(delta, inputs[i])
         if bias_grads is not None:
-            bias_grads[i] = delta.sum(-2)
+            bias_grads[i] = delta.sum(-1)
         if i > 0:
-            delta = act.backward(torch.matmul(delta, state.weights[i]), pre[i - 1])
+            delta = act.backward(
+                torch.matmul(state.weights[i].transpose(-1, -2), delta), pre[i - 1]
+            )
     return grads, bias_grads
 
 
@@ -250,25 +298,21 @@ class _Optimizer:
         self.kind = config.training.optimizer
         self.momentum = config.training.momentum
         self.weight_decay = config.training.weight_decay
-        self.lrs = lrs
+        self._neg_lrs = -lrs
         self.step_count = 0
         self.buffers: dict[int, list[torch.Tensor]] = {}
 
-    def _lr(self, param: torch.Tensor) -> torch.Tensor:
-        return self.lrs.view(-1, *([1] * (param.dim() - 1)))
+    def _neg_lr(self, param: torch.Tensor) -> torch.Tensor:
+        return self._neg_lrs.view(-1, *([1] * (param.dim() - 1)))
 
-    def update(
-        self, params: list[torch.Tensor], grads: list[torch.Tensor], alive: torch.Tensor
-    ) -> list[torch.Tensor]:
+    def update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Step every parameter in place. Trials never mix, so a diverged trial (NaN/inf)
+        cannot spoil the others and needs no masking here."""
         self.step_count += 1
-        out = []
         for slot, (param, grad) in enumerate(zip(params, grads, strict=True)):
             if self.weight_decay:
                 grad = grad + self.weight_decay * param
-            direction = self._direction(slot, grad)
-            keep = alive.view(-1, *([1] * (param.dim() - 1)))
-            out.append(torch.where(keep, param - self._lr(param) * direction, param))
-        return out
+            param.addcmul_(self._neg_lr(param), self._direction(slot, grad))
 
     def _direction(self, slot: int, grad: torch.Tensor) -> torch.Tensor:
         if self.kind == "sgd":
@@ -310,11 +354,18 @@ def run_sweep(
     steps: int | None = None,
     progress: ProgressCallback | None = None,
     history_points: int = 200,
+    workers: int | None = None,
 ) -> SweepResult:
-    """Train every (η, seed) trial of ``config`` as one batched computation.
+    """Train every (η, seed) trial of ``config`` as batched computations.
 
     Trials are ordered η-major: trial ``k`` has η = ``lrs[k // len(seeds)]`` and seed
     ``seeds[k % len(seeds)]``.
+
+    On the CPU the trials are split into ``workers`` slices (default: torch's thread count),
+    each one batched computation on its own thread with single-threaded kernels. Trials
+    never interact, so the split changes no number; it removes the per-operation
+    synchronisation of multi-threaded kernels on small tensors (measured 1.6× faster on
+    two cores for the E5 sweep).
     """
     started = time.perf_counter()
     if steps is not None:
@@ -331,15 +382,65 @@ def run_sweep(
     )
     unique_seeds = list(dict.fromkeys(trial_seeds.tolist()))
     initial = {seed: initial_state(config, seed, shared, dtype=dtype) for seed in unique_seeds}
-    states = [initial[int(seed)] for seed in trial_seeds]
-    state = _stack_state(states, device)
     datasets = [shared] if shared is not None else [initial[seed].data for seed in unique_seeds]
-    trial_data = torch.tensor([unique_seeds.index(int(s)) for s in trial_seeds], device=device)
-    batch = _Batch(datasets, trial_data, config, trial_seeds, device, dtype)
 
-    result = _train(config, state, batch, trial_lrs, device, dtype, progress, history_points)
-    val_loss = _validation_loss(config, state, datasets, trial_data, result["alive"], device, dtype)
-    return _collect(config, trial_lrs, trial_seeds, result, val_loss, time.perf_counter() - started)
+    def run_slice(index: np.ndarray, report: ProgressCallback | None) -> dict:
+        state = _stack_state([initial[int(seed)] for seed in trial_seeds[index]], device)
+        trial_data = torch.tensor(
+            [unique_seeds.index(int(s)) for s in trial_seeds[index]], device=device
+        )
+        batch = _Batch(datasets, trial_data, config, trial_seeds[index], device, dtype)
+        raw = _train(config, state, batch, trial_lrs[index], device, dtype, report, history_points)
+        raw["val_loss"] = _validation_loss(
+            config, state, datasets, trial_data, raw["alive"], device, dtype
+        )
+        return raw
+
+    workers = workers if workers is not None else torch.get_num_threads()
+    slices = _slices(len(trial_lrs), device, workers, SLICES_PER_WORKER)
+    if len(slices) == 1:
+        raw = run_slice(slices[0], progress)
+    else:
+        raw = _merge(_run_threaded(run_slice, slices, workers, progress))
+    return _collect(config, trial_lrs, trial_seeds, raw, time.perf_counter() - started)
+
+
+def _slices(n_trials: int, device: torch.device, workers: int, per_worker: int) -> list[np.ndarray]:
+    count = 1 if device.type != "cpu" else max(1, min(workers * per_worker, n_trials))
+    return [part for part in np.array_split(np.arange(n_trials), count) if len(part)]
+
+
+def _run_threaded(
+    run_slice: Callable[[np.ndarray, ProgressCallback | None], dict],
+    slices: list[np.ndarray],
+    workers: int,
+    progress: ProgressCallback | None,
+) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(run_slice, part, progress if i == 0 else None)
+                for i, part in enumerate(slices)
+            ]
+            return [future.result() for future in futures]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _merge(parts: list[dict]) -> dict:
+    """Concatenate the slices' raw results along the trial axis."""
+    merged: dict = {"history_steps": parts[0]["history_steps"]}
+    for key in ("alive", "diverged_step", "initial_loss", "final_loss", "val_loss"):
+        merged[key] = torch.cat([p[key] for p in parts])
+    merged["history"] = torch.cat([p["history"] for p in parts], dim=1)
+    for key in ("c_initial", "c_final", "imbalance", "bias_free"):
+        if parts[0][key] is None:
+            merged[key] = None
+            continue
+        merged[key] = [torch.cat(laws) for laws in zip(*(p[key] for p in parts), strict=True)]
+    return merged
 
 
 def _train(
@@ -358,9 +459,7 @@ def _train(
     optimizer = _Optimizer(config, lrs)
     n_trials = len(trial_lrs)
     c_initial = [law.clone() for law in _laws(state.weights, state.biases)]
-    bias_free_initial = (
-        [law.sum(-1) for law in _laws(state.weights, None)] if state.biases is not None else None
-    )
+    bias_free_initial = _bias_free_totals(state)
     imbalance = [torch.zeros_like(law) for law in c_initial]
     alive = torch.ones(n_trials, dtype=torch.bool, device=device)
     diverged_step = torch.full((n_trials,), -1, dtype=torch.long, device=device)
@@ -372,48 +471,40 @@ def _train(
     initial_loss = None
     factor = config.training.divergence_factor
     report_every = max(1, steps // 100)
+    params = state.weights + (state.biases or [])
     for t in range(steps):
-        X, target = batch.at(t)
-        out, inputs, pre = _forward(state, X, act)
-        loss, d_out = _loss_and_grad(out, target, config.training.loss)
+        XT, target = batch.at(t)
+        out, inputs, pre = _forward(state, XT, act)
+        d_out = _output_grad(out, target, config.training.loss)
         if initial_loss is None:
-            initial_loss = loss.detach().to(torch.float64)
-        ok = torch.isfinite(loss) & (loss <= factor * initial_loss.clamp_min(1e-12))
-        newly_dead = alive & ~ok
-        diverged_step = torch.where(newly_dead, t, diverged_step)
-        alive = alive & ok
+            initial_loss = exact_loss(out, target, config.training.loss).to(torch.float64)
+            limit = factor * initial_loss.clamp_min(1e-12)
         if t in record_slot:
+            # The loss is only needed here: divergence is detected on the history grid
+            # (every steps/history_points steps), which saves ~10 small ops per step.
+            loss = exact_loss(out, target, config.training.loss)
+            ok = torch.isfinite(loss) & (loss <= limit)
+            diverged_step = torch.where(alive & ~ok, t, diverged_step)
+            alive = alive & ok
             history[record_slot[t]] = torch.where(alive, loss.to(torch.float64), float("nan"))
         grads, bias_grads = _backward(state, d_out, inputs, pre, act)
-        weight = alive.to(torch.float64).unsqueeze(-1)
-        for law, delta in zip(imbalance, _laws(grads, bias_grads), strict=True):
-            law.add_(torch.where(weight > 0, delta, 0.0))
-        params = state.weights + (state.biases or [])
-        param_grads = grads + (bias_grads or [])
-        updated = optimizer.update(params, param_grads, alive)
-        state.weights = updated[: len(state.weights)]
-        if state.biases is not None:
-            state.biases = updated[len(state.weights) :]
+        _accumulate_imbalance(imbalance, grads, bias_grads)
+        optimizer.update(params, grads + (bias_grads or []))
         if progress is not None and (t + 1) % report_every == 0:
             progress(t + 1, steps)
-    X, target = batch.at(steps - 1) if batch.indices is not None else (batch.X, batch.onehot)
-    final_out, _, _ = _forward(state, batch.X if batch.indices is not None else X, act)
-    final_loss, _ = _loss_and_grad(final_out, batch.onehot, config.training.loss)
-    ok = torch.isfinite(final_loss) & (final_loss <= factor * initial_loss.clamp_min(1e-12))
+    final_out, _, _ = _forward(state, batch.XT, act)
+    final_loss = exact_loss(final_out, batch.targetT, config.training.loss)
+    ok = torch.isfinite(final_loss) & (final_loss <= limit)
     diverged_step = torch.where(alive & ~ok, steps, diverged_step)
     alive = alive & ok
     if steps in record_slot:
         history[record_slot[steps]] = torch.where(alive, final_loss.to(torch.float64), float("nan"))
-    c_final = _laws(state.weights, state.biases)
-    bias_free_final = (
-        [law.sum(-1) for law in _laws(state.weights, None)] if state.biases is not None else None
-    )
+    bias_free_final = _bias_free_totals(state)
     return {
-        "state": state,
         "alive": alive,
         "diverged_step": diverged_step,
         "c_initial": c_initial,
-        "c_final": c_final,
+        "c_final": _laws(state.weights, state.biases),
         "imbalance": imbalance,
         "bias_free": None
         if bias_free_initial is None
@@ -423,6 +514,12 @@ def _train(
         "history": history,
         "history_steps": record_at,
     }
+
+
+def _bias_free_totals(state: _State) -> list[torch.Tensor] | None:
+    if state.biases is None:
+        return None
+    return [law.sum(-1) for law in _laws(state.weights, None)]
 
 
 def _validation_loss(
@@ -437,15 +534,13 @@ def _validation_loss(
     if datasets[0].X_val is None:
         return torch.full_like(alive, float("nan"), dtype=torch.float64)
     act = _Activation(config.model.activation, config.model.negative_slope)
-    if len(datasets) == 1:
-        X, y = datasets[0].X_val.to(device, dtype), datasets[0].y_val.to(device)
-    else:
-        X = torch.stack([d.X_val for d in datasets]).to(device, dtype)[trial_data]
-        y = torch.stack([d.y_val for d in datasets]).to(device)[trial_data]
-    out, _, _ = _forward(state, X, act)
-    loss, _ = _loss_and_grad(
-        out, torch.nn.functional.one_hot(y, datasets[0].classes).to(dtype), config.training.loss
-    )
+    X = torch.stack([d.X_val for d in datasets]).to(device, dtype)
+    y = torch.stack([d.y_val for d in datasets]).to(device)
+    if len(datasets) > 1:
+        X, y = X[trial_data], y[trial_data]
+    target = torch.nn.functional.one_hot(y, datasets[0].classes).to(dtype).transpose(-1, -2)
+    out, _, _ = _forward(state, X.transpose(-1, -2), act)
+    loss = exact_loss(out, target, config.training.loss)
     return torch.where(alive, loss.to(torch.float64), float("nan"))
 
 
@@ -454,10 +549,10 @@ def _collect(
     trial_lrs: np.ndarray,
     trial_seeds: np.ndarray,
     r: dict,
-    val_loss: torch.Tensor,
     wall: float,
 ) -> SweepResult:
     alive = r["alive"].cpu().numpy()
+    val_loss = r["val_loss"]
     holds = identity_applies(config)
     eta2 = torch.tensor(trial_lrs, dtype=torch.float64).unsqueeze(-1)
 
