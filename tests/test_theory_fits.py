@@ -242,3 +242,17 @@ def test_local_slope_of_the_predicted_drift_tracks_local_alpha():
         local_alpha(midpoints, lambdas, weights, steps=steps),
         rtol=2e-3,
     )
+
+
+def test_e_folding_time_exact_on_an_exponential_and_interpolated():
+    from lradvisor.theory import e_folding_time
+
+    t = np.arange(0, 200, 10, dtype=float)
+    assert e_folding_time(t, np.exp(-t / 37.0)) == pytest.approx(37.0, rel=1e-12)
+    assert e_folding_time(t, 2.0 * np.exp(-t / 55.0)) == pytest.approx(55.0, rel=1e-12)
+    assert e_folding_time(t, np.ones_like(t)) == np.inf
+    # a power law 1/(1 + t/s) falls by e at t = (e − 1)·s: window-free
+    s = 20.0
+    assert e_folding_time(np.arange(0, 400, 0.5), 1 / (1 + np.arange(0, 400, 0.5) / s)) == pytest.approx(
+        (np.e - 1) * s, rel=1e-3
+    )

@@ -98,3 +98,50 @@ class LawReport:
     unit_drift_direct: np.ndarray | None = None
     unit_drift_identity: np.ndarray | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """Learning-rate advice for one model, every number with the rule that produced it.
+
+    ``rules`` maps a field name to one line of reasoning; ``applies`` / ``does_not_apply``
+    say which parts of the theory hold for this model (biases, optimiser, layers).
+    """
+
+    model: str
+    loss: str
+    full_batch: bool
+    lambda_max: float
+    lambda_max_method: str
+    eos_lr: float
+    eos_lr_by_width: dict[int, float]
+    width_law: dict[str, float] | None
+    batch_lambda_max: float | None
+    batch_eos_lr: float | None
+    recommended_lr: float
+    lr_range: tuple[float, float]
+    alpha_predicted: float | None
+    drift_curve: list[dict]
+    outside_fraction: float | None
+    regime: str
+    switch_rate: float | None
+    tau: dict | None
+    schedule: list[dict] | None
+    probe: dict
+    rules: dict[str, str]
+    applies: tuple[str, ...] = ()
+    does_not_apply: tuple[str, ...] = ()
+    alpha_fitted: float | None = None
+    alpha_ci: tuple[float, float] | None = None
+    validation: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        data = asdict(self)
+        data["lr_range"] = list(self.lr_range)
+        data["eos_lr_by_width"] = {str(k): v for k, v in self.eos_lr_by_width.items()}
+        if self.alpha_ci is not None:
+            data["alpha_ci"] = list(self.alpha_ci)
+        return data

@@ -59,11 +59,13 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
             f"{row['diverged']}/{row['seeds']}",
         ]
         if report.prediction is not None:
-            marker = " (>EoS)" if row["beyond_eos"] else ""
-            cells += [
-                _num(row["predicted_imbalance_sum"]),
-                _num(row["predicted_relative_error"], ".0%") + marker,
-            ]
+            if row["beyond_eos"]:
+                cells += ["beyond EoS", "—"]
+            else:
+                cells += [
+                    _num(row["predicted_imbalance_sum"]),
+                    _num(row["predicted_relative_error"], ".0%"),
+                ]
         rows.append(cells)
     lines.append(table(headers, rows))
     lines.append("")
@@ -93,4 +95,73 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
         lines.append(
             "biased net: the drift above is the bias-aware law C = ‖W_{l+1}‖² − ‖W_l‖² − ‖b_l‖²; see --json 'bias_free_drift_direct' for the bias-free formula"
         )
+    return "\n".join(lines)
+
+
+def render_advice(advice) -> str:
+    """The `lradvisor suggest` table: one line of reasoning per number."""
+    rules = advice.rules
+    rows: list[list[str]] = []
+
+    def add(name: str, value: str, rule_key: str | None = None) -> None:
+        rows.append([name, value, rules.get(rule_key or name, "")])
+
+    add("lambda_max", f"{advice.lambda_max:.4g}")
+    add("eos_lr", f"{advice.eos_lr:.4g}")
+    if advice.eos_lr_by_width:
+        widths = ", ".join(f"m={w}: {v:.3g}" for w, v in sorted(advice.eos_lr_by_width.items()))
+        add("eos_lr_by_width", widths)
+    if advice.batch_eos_lr is not None:
+        add("batch_eos_lr", f"{advice.batch_eos_lr:.4g}")
+    add("recommended_lr", f"{advice.recommended_lr:.4g}")
+    add("lr_range", f"{advice.lr_range[0]:.3g} … {advice.lr_range[1]:.3g}")
+    if advice.alpha_predicted is not None:
+        add("alpha_predicted", f"{advice.alpha_predicted:.3f}")
+    if advice.tau is not None and advice.tau.get("a") is not None:
+        add("tau", f"{advice.tau['a']:.3g}/η + {advice.tau['b']:.3g} (R² {advice.tau['r2']:.3f})")
+    elif advice.tau is not None:
+        add("tau", "not fitted (fewer than 3 stable probe rates with a decaying 1 − q̄)")
+    if advice.schedule:
+        plan = ", ".join(f"t={p['step']}: {p['lr']:.3g}" for p in advice.schedule)
+        add("schedule", plan)
+    add("regime", advice.regime)
+    width = max(len(r[0]) for r in rows)
+    value_width = min(34, max(len(r[1]) for r in rows))
+    lines = [
+        f"lradvisor suggest: {advice.model} ({advice.loss.upper()}, {'full batch' if advice.full_batch else 'mini-batch'})",
+        "",
+    ]
+    for name, value, rule in rows:
+        lines.append(f"{name.ljust(width)}  {value.ljust(value_width)}  {rule}")
+    if advice.validation is not None:
+        v = advice.validation
+        lo, hi = v["alpha_ci"]
+        inside = lo <= v["alpha_predicted"] <= hi
+        lines += [
+            "",
+            f"probe sweep ({len(v['lrs'])} rates × seeds {v['seeds']}): α fitted = {v['alpha_fitted']:.3f} [{lo:.3f}, {hi:.3f}] (R² {v['alpha_r2']:.3f}), "
+            f"α predicted = {v['alpha_predicted']:.3f} — {'inside' if inside else 'outside'} the CI",
+            table(
+                ["η", "drift observed", "drift predicted", "rel err"],
+                [
+                    [f"{lr:.3g}", f"{o:.3g}", f"{p:.3g}", f"{e:.0%}"]
+                    for lr, o, p, e in zip(
+                        v["lrs"],
+                        v["observed_drift"],
+                        v["predicted_drift"],
+                        v["relative_error"],
+                        strict=True,
+                    )
+                ],
+            ),
+        ]
+    lines += ["", "theory applies: " + "; ".join(advice.applies)]
+    if advice.does_not_apply:
+        lines.append("does not apply: " + "; ".join(advice.does_not_apply))
+    total = sum(advice.timings.values())
+    lines.append(
+        f"measured in {total:.1f} s ("
+        + ", ".join(f"{k} {v:.1f} s" for k, v in advice.timings.items())
+        + ")"
+    )
     return "\n".join(lines)

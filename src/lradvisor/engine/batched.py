@@ -34,6 +34,23 @@ _ADAM_EPS = 1e-8
 
 
 @dataclass(frozen=True)
+class Observables:
+    """Extra per-trial measurements for probes, taken on the loss-history grid only.
+
+    ``concentration``: mean over samples of 1 − q_i, q_i the softmax probability of the
+    correct class (CE only; the Hessian compresses as it falls, THEORY.md §5).
+    ``switch_rate``: fraction of (hidden unit, sample) activation states that flip between a
+    recorded step and the next, on a fixed evaluation subset (THEORY.md §6).
+    ``checkpoints``: steps at which every trial's weights are copied (for λ_max(t)).
+    """
+
+    concentration: bool = False
+    switch_rate: bool = False
+    checkpoints: tuple[int, ...] = ()
+    switch_samples: int = 256
+
+
+@dataclass(frozen=True)
 class SweepResult:
     """Per-trial measurements of a batched sweep; arrays have the trial axis first.
 
@@ -65,6 +82,11 @@ class SweepResult:
     history_steps: np.ndarray
     wall_time: float
     notes: list[str] = field(default_factory=list)
+    concentration: np.ndarray | None = None
+    switch_rate: np.ndarray | None = None
+    checkpoints: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = field(
+        default_factory=dict
+    )
 
     @property
     def n_trials(self) -> int:
@@ -355,6 +377,7 @@ def run_sweep(
     progress: ProgressCallback | None = None,
     history_points: int = 200,
     workers: int | None = None,
+    observe: Observables | None = None,
 ) -> SweepResult:
     """Train every (η, seed) trial of ``config`` as batched computations.
 
@@ -390,7 +413,9 @@ def run_sweep(
             [unique_seeds.index(int(s)) for s in trial_seeds[index]], device=device
         )
         batch = _Batch(datasets, trial_data, config, trial_seeds[index], device, dtype)
-        raw = _train(config, state, batch, trial_lrs[index], device, dtype, report, history_points)
+        raw = _train(
+            config, state, batch, trial_lrs[index], device, dtype, report, history_points, observe
+        )
         raw["val_loss"] = _validation_loss(
             config, state, datasets, trial_data, raw["alive"], device, dtype
         )
@@ -429,12 +454,25 @@ def _run_threaded(
         torch.set_num_threads(threads)
 
 
+def _cat_snapshots(snapshots: list[tuple]) -> tuple:
+    weights = [torch.cat(layer) for layer in zip(*(s[0] for s in snapshots), strict=True)]
+    if snapshots[0][1] is None:
+        return weights, None
+    return weights, [torch.cat(layer) for layer in zip(*(s[1] for s in snapshots), strict=True)]
+
+
 def _merge(parts: list[dict]) -> dict:
     """Concatenate the slices' raw results along the trial axis."""
     merged: dict = {"history_steps": parts[0]["history_steps"]}
     for key in ("alive", "diverged_step", "initial_loss", "final_loss", "val_loss"):
         merged[key] = torch.cat([p[key] for p in parts])
     merged["history"] = torch.cat([p["history"] for p in parts], dim=1)
+    for key in ("concentration", "switch_rate"):
+        merged[key] = None if parts[0][key] is None else torch.cat([p[key] for p in parts], dim=1)
+    merged["checkpoints"] = {
+        step: _cat_snapshots([p["checkpoints"][step] for p in parts])
+        for step in parts[0]["checkpoints"]
+    }
     for key in ("c_initial", "c_final", "imbalance", "bias_free"):
         if parts[0][key] is None:
             merged[key] = None
@@ -452,7 +490,9 @@ def _train(
     dtype: torch.dtype,
     progress: ProgressCallback | None,
     history_points: int,
+    observe: Observables | None = None,
 ) -> dict:
+    observe = observe or Observables()
     steps = config.training.steps
     act = _Activation(config.model.activation, config.model.negative_slope)
     lrs = torch.tensor(trial_lrs, dtype=dtype, device=device)
@@ -472,7 +512,19 @@ def _train(
     factor = config.training.divergence_factor
     report_every = max(1, steps // 100)
     params = state.weights + (state.biases or [])
+    concentration = torch.full_like(history, float("nan")) if observe.concentration else None
+    switches = torch.full_like(history, float("nan")) if observe.switch_rate else None
+    switch_inputs = batch.XT[..., : observe.switch_samples]
+    previous_pattern = None
+    checkpoints: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
     for t in range(steps):
+        if t in observe.checkpoints:
+            checkpoints[t] = _snapshot(state)
+        if switches is not None and (t in record_slot or previous_pattern is not None):
+            pattern = _activation_pattern(state, switch_inputs, act)
+            if previous_pattern is not None:
+                switches[record_slot[t - 1]] = _flip_fraction(previous_pattern, pattern)
+            previous_pattern = pattern if t in record_slot else None
         XT, target = batch.at(t)
         out, inputs, pre = _forward(state, XT, act)
         d_out = _output_grad(out, target, config.training.loss)
@@ -487,6 +539,9 @@ def _train(
             diverged_step = torch.where(alive & ~ok, t, diverged_step)
             alive = alive & ok
             history[record_slot[t]] = torch.where(alive, loss.to(torch.float64), float("nan"))
+            if concentration is not None and config.training.loss == "ce":
+                correct = (torch.softmax(out, dim=-2) * target).sum(-2)
+                concentration[record_slot[t]] = (1 - correct).mean(-1).to(torch.float64)
         grads, bias_grads = _backward(state, d_out, inputs, pre, act)
         _accumulate_imbalance(imbalance, grads, bias_grads)
         optimizer.update(params, grads + (bias_grads or []))
@@ -500,7 +555,15 @@ def _train(
     if steps in record_slot:
         history[record_slot[steps]] = torch.where(alive, final_loss.to(torch.float64), float("nan"))
     bias_free_final = _bias_free_totals(state)
+    if steps in observe.checkpoints:
+        checkpoints[steps] = _snapshot(state)
+    if concentration is not None and config.training.loss == "ce" and steps in record_slot:
+        correct = (torch.softmax(final_out, dim=-2) * batch.targetT).sum(-2)
+        concentration[record_slot[steps]] = (1 - correct).mean(-1).to(torch.float64)
     return {
+        "concentration": concentration,
+        "switch_rate": switches,
+        "checkpoints": checkpoints,
         "alive": alive,
         "diverged_step": diverged_step,
         "c_initial": c_initial,
@@ -514,6 +577,25 @@ def _train(
         "history": history,
         "history_steps": record_at,
     }
+
+
+def _snapshot(state: _State) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    biases = None if state.biases is None else [b.clone() for b in state.biases]
+    return [w.clone() for w in state.weights], biases
+
+
+def _activation_pattern(state: _State, XT: torch.Tensor, act: _Activation) -> list[torch.Tensor]:
+    _, inputs, _ = _forward(state, XT, act)
+    return [h > 0 for h in inputs[1:]]
+
+
+def _flip_fraction(before: list[torch.Tensor], after: list[torch.Tensor]) -> torch.Tensor:
+    flips = sum(
+        float(b.shape[-2]) * (b != a).float().mean((-1, -2))
+        for b, a in zip(before, after, strict=True)
+    )
+    units = sum(b.shape[-2] for b in before)
+    return (flips / units).to(torch.float64)
 
 
 def _bias_free_totals(state: _State) -> list[torch.Tensor] | None:
@@ -597,4 +679,7 @@ def _collect(
         history_steps=r["history_steps"],
         wall_time=wall,
         notes=notes,
+        concentration=None if r["concentration"] is None else r["concentration"].cpu().numpy(),
+        switch_rate=None if r["switch_rate"] is None else r["switch_rate"].cpu().numpy(),
+        checkpoints=r["checkpoints"],
     )

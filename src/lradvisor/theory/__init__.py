@@ -12,6 +12,7 @@ from lradvisor.theory.coefficients import (
     spectrum_correlation,
 )
 from lradvisor.theory.fits import (
+    e_folding_time,
     eos_by_width,
     fit_decay_timescale,
     fit_power_law,
@@ -30,6 +31,7 @@ from lradvisor.theory.spectral import (
 
 __all__ = [
     "crossover_rates",
+    "e_folding_time",
     "eos_by_width",
     "eos_learning_rate",
     "fit_decay_timescale",

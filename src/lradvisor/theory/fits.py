@@ -208,6 +208,42 @@ def fit_decay_timescale(steps: np.ndarray, values: np.ndarray, *, start: int = 0
     return -1.0 / line.slope if line.slope < 0 else math.inf
 
 
+def e_folding_time(steps: np.ndarray, values: np.ndarray) -> float:
+    """Steps until a positive series first falls by a factor e from its first value.
+
+    .. math::
+
+        \tau_e = \min\{t : v(t) \le v(t_0)/e\}
+
+    with t = ``steps`` (increasing), v = ``values``; the crossing is interpolated linearly in
+    ln v between the two recorded steps around it.
+
+    Returns:
+        τ_e in steps; ``inf`` when the series never falls that far.
+
+    .. note::
+        THEORY.md §5 defines the compression timescale as the steps for a decay by a factor e.
+        Unlike a log-linear fit over a fixed window, τ_e does not assume a single exponential:
+        1 − q̄(t) decays more like a power of t once the data are separated, and a window fit
+        then measures the window rather than the rate.
+    """
+    t = _checks.finite_array("steps", steps, ndim=1)
+    v = _checks.vector("values", values)
+    _checks.same_length("steps", t, "values", v)
+    usable = np.isfinite(v) & (v > 0)
+    t, v = t[usable], v[usable]
+    if len(v) < 2:
+        raise LRAdvisorError(f"e_folding_time needs at least 2 positive values, but got {len(v)}.")
+    target = math.log(v[0]) - 1.0
+    logs = np.log(v)
+    below = np.flatnonzero(logs <= target)
+    if not len(below):
+        return math.inf
+    j = int(below[0])
+    fraction = (logs[j - 1] - target) / (logs[j - 1] - logs[j])
+    return float(t[j - 1] + fraction * (t[j] - t[j - 1]))
+
+
 def fit_width_law(widths: np.ndarray, lambda_max: np.ndarray) -> tuple[float, float, float]:
     """Power law of the initial sharpness in the width, fitted on log-log axes.
 
