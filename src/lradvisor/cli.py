@@ -107,7 +107,7 @@ def sweep(
     _check_device(config.training.device)
     lr_list = _number_list("--lrs", lrs, float)
     seed_list = _number_list("--seeds", seeds, int)
-    if law > config.model.depth - 1:
+    if not config.model.is_factory and law > config.model.depth - 1:
         raise ConfigError(
             str(model_file), "--law", f"a law between 1 and {config.model.depth - 1}", law
         )
@@ -127,6 +127,73 @@ def sweep(
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_json(), indent=2))
         click.echo(f"\nwrote {json_file}")
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model YAML file (see README 'Model file').",
+)
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also run a small batched sweep over the advised range: predicted vs observed α and drift.",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the advice as JSON here ('-' for stdout).",
+)
+@click.option(
+    "--plot",
+    "plot_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw drift vs η (prediction, probe points, EoS line) to this PNG.",
+)
+@_friendly
+def suggest(model_file: Path, probe: bool, json_file: Path | None, plot_file: Path | None) -> None:
+    """Advise a learning rate and a sweep range for a model, with the reasoning shown."""
+    from lradvisor.advisor import advise
+    from lradvisor.config import load_config
+    from lradvisor.render import render_advice
+
+    config = load_config(model_file)
+    _check_device(config.training.device)
+    with _steps_progress() as say:
+        advice = advise(config, probe=probe, progress=say)
+    if json_file is not None and str(json_file) == "-":
+        click.echo(json.dumps(advice.as_dict(), indent=2, default=float))
+        return
+    click.echo(render_advice(advice))
+    if json_file is not None:
+        json_file.write_text(json.dumps(advice.as_dict(), indent=2, default=float))
+        click.echo(f"wrote {json_file}")
+    if plot_file is not None:
+        from lradvisor.plots import plot_advice
+
+        click.echo(f"wrote {plot_advice(advice, plot_file)}")
+
+
+class _steps_progress:
+    """One status line per stage on stderr when it is a terminal."""
+
+    def __enter__(self) -> Callable[[str], None]:
+        interactive = sys.stderr.isatty()
+
+        def say(message: str) -> None:
+            if interactive:
+                click.echo(f"\r\033[K… {message}", err=True, nl=False)
+
+        self.interactive = interactive
+        return say
+
+    def __exit__(self, *exc: object) -> None:
+        if self.interactive:
+            click.echo("\r\033[K", err=True, nl=False)
 
 
 def _check_device(device: str) -> None:

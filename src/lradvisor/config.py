@@ -6,13 +6,14 @@ names the file, the dotted field and what was expected.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lradvisor.errors import ConfigError
+from lradvisor.errors import ConfigError, LRAdvisorError
 
 ACTIVATIONS = ("relu", "leaky_relu", "identity")
 LOSSES = ("ce", "mse")
@@ -29,17 +30,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Strict):
-    """A fully connected network: input → hidden… → output, one activation between layers."""
+_FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_MLP_ONLY_FIELDS = ("activation", "negative_slope", "bias")
+_FACTORY_ONLY_FIELDS = ("kwargs", "width_kwarg")
+_DATA_KWARGS = ("in_features", "num_classes")
 
-    hidden: list[PositiveInt] = Field(min_length=1)
+
+class ModelSpec(_Strict):
+    """The model of every trial: a built-in MLP (``hidden``) or the user's own (``factory``).
+
+    A built-in MLP is input → hidden… → output, one activation between layers. A factory
+    ``"package.module:function"`` is called as
+    ``function(in_features=d, num_classes=K, **kwargs)`` and must return an ``nn.Module``
+    mapping (n, d) inputs to (n, K) logits; the module is also looked up next to the model
+    file. ``width_kwarg`` names the keyword that sets the model's width.
+    """
+
+    hidden: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
     activation: Literal["relu", "leaky_relu", "identity"] = "relu"
     negative_slope: float = 0.01
     bias: bool = False
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    width_kwarg: str | None = None
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_reference(cls, factory: str | None) -> str | None:
+        if factory is not None and not _FACTORY_PATTERN.match(factory):
+            raise ValueError("a factory reference 'package.module:function'")
+        return factory
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSpec:
+        if self.hidden is None and self.factory is None:
+            raise ValueError(
+                "model.hidden: this required field (hidden widths of a built-in MLP), "
+                "or model.factory 'package.module:function' for your own model"
+            )
+        if self.hidden is not None and self.factory is not None:
+            raise ValueError("model.factory: either model.hidden or model.factory, not both")
+        wrong = _FACTORY_ONLY_FIELDS if self.hidden is not None else _MLP_ONLY_FIELDS
+        owner = "factory models (model.factory)" if self.hidden is not None else "built-in MLPs"
+        for name in wrong:
+            if name in self.model_fields_set:
+                raise ValueError(f"model.{name}: a field of {owner} only, not of this model")
+        for name in _DATA_KWARGS:
+            if name in self.kwargs:
+                raise ValueError(f"model.kwargs: no '{name}' (it is set from the data)")
+        return self
+
+    @property
+    def is_factory(self) -> bool:
+        """True for a user model built by ``factory``; False for a built-in MLP."""
+        return self.factory is not None
 
     @property
     def depth(self) -> int:
-        """Number of weight layers."""
+        """Number of weight layers (built-in MLPs only)."""
+        if self.hidden is None:
+            raise LRAdvisorError(
+                "depth is defined for built-in MLPs (model.hidden) only; "
+                "a factory model's laws come from discovery"
+            )
         return len(self.hidden) + 1
 
 

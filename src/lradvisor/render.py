@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from lradvisor.sweep import SweepReport
 
 
@@ -23,9 +25,23 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line, rule, *body])
 
 
+def _model_text(config) -> str:
+    if config.model.is_factory:
+        return f"factory {config.model.factory}({config.model.kwargs or {}})"
+    return f"{config.model.activation} MLP hidden {config.model.hidden}, bias={config.model.bias}"
+
+
 def render_sweep(report: SweepReport, *, law: int = 0) -> str:
     result = report.result
     config = result.config
+    if not result.law_names:
+        return _render_lawless(report)
+    if law >= len(result.law_names):
+        from lradvisor.errors import ConfigError
+
+        raise ConfigError(
+            "<command line>", "--law", f"a law between 1 and {len(result.law_names)}", law + 1
+        )
     name = result.law_names[law]
     kind = (
         "η²·S (float64, exact identity)"
@@ -39,7 +55,7 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
     )
     lines = [
         f"lradvisor sweep: {config.name} ({config.source_file})",
-        f"model {config.model.activation} MLP hidden {config.model.hidden}, bias={config.model.bias}; "
+        f"model {_model_text(config)}; "
         f"{config.training.loss.upper()} loss, {config.training.optimizer.upper()} {batch}, {result.steps} steps, {config.training.dtype}",
         f"{result.n_trials} trials in {result.wall_time:.2f} s (batched); law {name}; drift = {kind}",
         "",
@@ -95,6 +111,31 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
         lines.append(
             "biased net: the drift above is the bias-aware law C = ‖W_{l+1}‖² − ‖W_l‖² − ‖b_l‖²; see --json 'bias_free_drift_direct' for the bias-free formula"
         )
+    return "\n".join(lines)
+
+
+def _render_lawless(report: SweepReport) -> str:
+    result = report.result
+    rows = []
+    lrs, loss = result.grid(result.final_loss)
+    _, diverged = result.grid(result.diverged.astype(float))
+    for i, lr in enumerate(lrs):
+        finite = loss[i][np.isfinite(loss[i])]
+        rows.append(
+            [
+                _num(float(lr), "g"),
+                _num(float(finite.mean()) if len(finite) else None, ".4g"),
+                f"{int(np.nansum(diverged[i]))}/{loss.shape[1]}",
+            ]
+        )
+    lines = [
+        f"lradvisor sweep: {result.config.name} ({result.config.source_file})",
+        f"model {_model_text(result.config)}: no rescaling-symmetric Linear→activation→Linear pair, so no conservation law to measure",
+        "",
+        table(["η", "final loss", "diverged"], rows),
+        "",
+        *result.notes,
+    ]
     return "\n".join(lines)
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from lradvisor.config import ModelConfig
-from lradvisor.engine.batched import ProgressCallback, SweepResult, run_sweep
+from lradvisor.engine.batched import ProgressCallback, SweepResult
 from lradvisor.engine.data import data_shape
+from lradvisor.engine.dispatch import run_trials
 from lradvisor.errors import LRAdvisorError
 from lradvisor.measure.hessian import DENSE_LIMIT
 from lradvisor.prediction import SpectralPrediction, parameter_count, predict_imbalance_sum
@@ -67,7 +68,7 @@ class SweepReport:
 
     def to_json(self) -> dict:
         result = self.result
-        primary = self.fits[0]
+        primary = self.fits[0] if self.fits else None
         residual = identity_residual(result)
         records = []
         for k in range(result.n_trials):
@@ -176,7 +177,7 @@ def run(
     progress: ProgressCallback | None = None,
 ) -> SweepReport:
     """Run the sweep, fit α per law, and predict S(η) from the Hessian at init when small enough."""
-    result = run_sweep(config, lrs=lrs, seeds=seeds, steps=steps, progress=progress)
+    result = run_trials(config, lrs=lrs, seeds=seeds, steps=steps, progress=progress)
     fits = [_fit(result, law) for law in range(len(result.law_names))]
     prediction, note = None, "spectral prediction skipped (--no-predict)"
     if predict:
@@ -186,6 +187,10 @@ def run(
 
 def _predict(result: SweepResult) -> tuple[SpectralPrediction | None, str]:
     config = result.config
+    if config.model.is_factory:
+        return None, "spectral prediction for a factory model: use `lradvisor suggest --probe`"
+    if not result.law_names:
+        return None, "no conservation law in this model: nothing to predict"
     in_dim, out_dim = data_shape(config)
     count = parameter_count(config, in_dim, out_dim)
     if count > DENSE_LIMIT:

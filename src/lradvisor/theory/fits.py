@@ -213,7 +213,7 @@ def e_folding_time(steps: np.ndarray, values: np.ndarray) -> float:
 
     .. math::
 
-        \tau_e = \min\{t : v(t) \le v(t_0)/e\}
+        \\tau_e = \\min\\{t : v(t) \\le v(t_0)/e\\}
 
     with t = ``steps`` (increasing), v = ``values``; the crossing is interpolated linearly in
     ln v between the two recorded steps around it.
