@@ -397,9 +397,9 @@ def _applicability(
     applies.append(
         "stability bound 2/λ_max and its width dependence (any twice-differentiable loss)"
     )
-    if identity_applies(config):
+    if discovery.pairs and identity_applies(config):
         applies.append("exact drift identity C(T) − C(0) = η²·S and the spectral formula for S(η)")
-    else:
+    elif discovery.pairs:
         not_applies.append(
             f"{config.training.optimizer} with momentum={config.training.momentum}, weight_decay={config.training.weight_decay}: the η²·S identity and the spectral formula do not hold (drift is measured directly); the probe still uses your optimizer"
         )

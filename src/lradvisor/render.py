@@ -159,7 +159,9 @@ def render_advice(advice) -> str:
     if advice.alpha_predicted is not None:
         add("alpha_predicted", f"{advice.alpha_predicted:.3f}")
     if advice.tau is not None and advice.tau.get("a") is not None:
-        add("tau", f"{advice.tau['a']:.3g}/η + {advice.tau['b']:.3g} (R² {advice.tau['r2']:.3f})")
+        b = advice.tau["b"]
+        sign = "+" if b >= 0 else "−"
+        add("tau", f"{advice.tau['a']:.3g}/η {sign} {abs(b):.3g} (R² {advice.tau['r2']:.3f})")
     elif advice.tau is not None:
         add("tau", "not fitted (fewer than 3 stable probe rates with a decaying 1 − q̄)")
     if advice.schedule:
