@@ -61,6 +61,8 @@ PROBE_STEPS = 300
 PROBE_MULTIPLIERS = tuple(2.0 ** (k / 2) for k in range(-4, 7))  # ¼ … 8 × the bound, step √2
 QUADRATURE_NODES = 60
 TAU_MULTIPLIERS = (0.05, 0.1, 0.2)  # sub-EoS rates whose 1 − q̄ decays within the probe
+CLIFF_FACTOR = 10.0  # a probe loss this many times the best one marks the stability cliff
+PROBE_SEEDS = 3
 DENSE_SUGGEST_LIMIT = 2500
 WIDTH_FACTORS = (0.5, 1.0, 2.0)
 CHUNK = 2048
@@ -133,7 +135,7 @@ def _mlp_theta(weights: list[torch.Tensor], biases: list[torch.Tensor] | None) -
 def _mlp_curvature(
     config: ModelConfig, theta: torch.Tensor, shapes: list, data: Dataset
 ) -> _Curvature:
-    """Flat-parameter functional loss of a built-in MLP: HVPs by forward-over-reverse."""
+    """Flat-parameter functional loss of a built-in MLP: HVPs by double backward."""
     loss_fn = mlp_loss_function(
         shapes,
         data.X.to(torch.float64),
@@ -161,8 +163,9 @@ def _mlp_curvature(
         return Spectrum(values[order].numpy(), vectors[:, order].numpy(), "dense", theta.numel())
 
     deltas = list(_imbalance_from_flat(config, shapes, gradient)) if config.model.depth > 1 else []
+    small = theta.numel() <= DENSE_SUGGEST_LIMIT
     return _Curvature(
-        matvec, theta.numel(), gradient, deltas, dense, "forward-over-reverse HVP (torch.func)"
+        matvec, theta.numel(), gradient, deltas, dense if small else None, "double-backward HVP"
     )
 
 
@@ -495,7 +498,7 @@ def advise(
     candidates = bound * np.array(PROBE_MULTIPLIERS)
     tau_rates = bound * np.array(TAU_MULTIPLIERS) if loss == "ce" else np.array([])
     probe_steps = min(steps, PROBE_STEPS)
-    probe_seeds = [int(s) for s in config.sweep.seeds[:2]]
+    probe_seeds = [int(s) for s in config.sweep.seeds[:PROBE_SEEDS]]
     observe = None
     if not factory:
         checkpoints = tuple(
@@ -506,15 +509,17 @@ def advise(
     result = run_trials(config, lrs=rates, seeds=probe_seeds, steps=probe_steps, observe=observe)
     best, lrs, score = _probe_choice(result, candidates)
     stable = lrs[np.isfinite(score)]
-    edge = best + 1 < len(lrs) and not np.isfinite(score[best + 1])
+    # The best probe rate often sits right below a cliff (the next rate diverges or stalls);
+    # over the full run, and on other seeds, it can fall off it: step back one √2 notch.
+    edge = best + 1 < len(lrs) and not score[best + 1] < CLIFF_FACTOR * score[best]
     if edge and best > 0 and np.isfinite(score[best - 1]):
-        best -= 1  # the best probe rate sits next to divergence: one √2 step back for safety
+        best -= 1
     recommended = float(lrs[best])
     lr_range = (recommended / 10.0, float(min(stable.max(), 4.0 * recommended)))
     rules["recommended_lr"] = (
         f"lowest mean loss after a {probe_steps}-step probe of {len(candidates)} rates "
         f"(¼…8 × the bound {bound:.3g}, step √2, seeds {probe_seeds}): {recommended / bound:.2f} × bound"
-        + (", one step below the best because the next rate diverged" if edge else "")
+        + (", one step below the best because the next rate diverged or stalled" if edge else "")
     )
     rules["lr_range"] = (
         "a tenth of the recommendation up to the largest probe rate that stayed stable and "

@@ -234,5 +234,67 @@ class _progress:
             self.bar.close()
 
 
+@main.group("study")
+def study_group() -> None:
+    """Optuna studies from a study file (search space, budget, sampler, pruner)."""
+
+
+@study_group.command("run")
+@click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    help="Finished trials (COMPLETE + PRUNED) to reach (overrides budget.n_trials).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the study.",
+)
+@click.option(
+    "--storage",
+    help="postgresql://… (any SQLAlchemy URL) or a journal file path; default "
+    "sqlite:///runs/studies.db (1 worker) or runs/studies.journal (more).",
+)
+@click.option("--study-name", help="Optuna study name (default: the study file's name).")
+@click.option("--no-predict", is_flag=True, help="Skip advise() on the template (predicted α).")
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the summary as JSON here ('-' for stdout).",
+)
+@_friendly
+def study_run(
+    study_file: Path,
+    n_trials: int | None,
+    workers: int,
+    storage: str | None,
+    study_name: str | None,
+    no_predict: bool,
+    json_file: Path | None,
+) -> None:
+    """Run or resume a study until it has n_trials finished trials; print the summary."""
+    from lradvisor.studies import render_summary, run_study
+
+    summary = run_study(
+        study_file,
+        n_trials=n_trials,
+        workers=workers,
+        storage=storage,
+        study_name=study_name,
+        predict=not no_predict,
+    )
+    if json_file is not None and str(json_file) == "-":
+        click.echo(json.dumps(summary.as_dict(), indent=2, default=float))
+        return
+    click.echo(render_summary(summary))
+    if json_file is not None:
+        json_file.write_text(json.dumps(summary.as_dict(), indent=2, default=float))
+        click.echo(f"wrote {json_file}")
+
+
 if __name__ == "__main__":
     main()
