@@ -253,6 +253,6 @@ def test_e_folding_time_exact_on_an_exponential_and_interpolated():
     assert e_folding_time(t, np.ones_like(t)) == np.inf
     # a power law 1/(1 + t/s) falls by e at t = (e − 1)·s: window-free
     s = 20.0
-    assert e_folding_time(np.arange(0, 400, 0.5), 1 / (1 + np.arange(0, 400, 0.5) / s)) == pytest.approx(
-        (np.e - 1) * s, rel=1e-3
-    )
+    assert e_folding_time(
+        np.arange(0, 400, 0.5), 1 / (1 + np.arange(0, 400, 0.5) / s)
+    ) == pytest.approx((np.e - 1) * s, rel=1e-3)
