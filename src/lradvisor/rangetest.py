@@ -74,8 +74,6 @@ import torch
 
 from lradvisor.config import ModelConfig
 from lradvisor.engine.batched import batch_indices
-from lradvisor.engine.data import load_shared_dataset
-from lradvisor.engine.models import build_mlp, initial_state, linear_layers
 from lradvisor.errors import LRAdvisorError
 
 __all__ = [
@@ -305,24 +303,12 @@ def _check_smoothing(smooth_f: float) -> None:
 
 def _trial_model(
     config: ModelConfig, seed: int
-) -> tuple[torch.nn.Sequential, torch.Tensor, torch.Tensor, int]:
-    """nn.Sequential carrying seed ``seed``'s initial weights, and its training data."""
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
+    """The module carrying seed ``seed``'s initial weights, and its training data."""
+    from lradvisor.engine.dispatch import build_model
+
+    model, data = build_model(config, seed)
     dtype = getattr(torch, config.training.dtype)
-    shared = (
-        None
-        if config.data.source == "gaussian_mixture"
-        else load_shared_dataset(config, dtype=dtype)
-    )
-    state = initial_state(config, seed, shared, dtype=dtype)
-    data = state.data
-    # Building draws from the global generator; the weights are overwritten just below.
-    with torch.random.fork_rng(devices=[]):
-        model = build_mlp(config.model, data.dim, data.classes).to(dtype)
-    with torch.no_grad():
-        for index, layer in enumerate(linear_layers(model)):
-            layer.weight.copy_(state.weights[index])
-            if state.biases is not None:
-                layer.bias.copy_(state.biases[index])
     return model, data.X.to(dtype), data.y, data.classes
 
 

@@ -64,7 +64,9 @@ def build_model(
         return state.model, state.data
     mlp_state = initial_state(config, seed, shared, dtype=dtype)
     data = mlp_state.data
-    model = build_mlp(config.model, data.dim, data.classes).to(dtype)
+    # Building draws from the global generator; the weights are overwritten just below.
+    with torch.random.fork_rng(devices=[]):
+        model = build_mlp(config.model, data.dim, data.classes).to(dtype)
     with torch.no_grad():
         for index, layer in enumerate(linear_layers(model)):
             layer.weight.copy_(mlp_state.weights[index])

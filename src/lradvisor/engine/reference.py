@@ -16,8 +16,7 @@ from torch import nn
 
 from lradvisor.config import ModelConfig
 from lradvisor.engine.batched import batch_indices
-from lradvisor.engine.data import load_shared_dataset
-from lradvisor.engine.models import build_mlp, initial_state, linear_layers
+from lradvisor.engine.dispatch import build_model
 from lradvisor.measure.monitor import ConservationMonitor
 
 
@@ -49,19 +48,7 @@ def _optimizer(config: ModelConfig, model: nn.Module, lr: float) -> torch.optim.
 def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceTrial:
     """Train one (η, seed) trial with nn.Module + torch.optim + the monitor."""
     dtype = getattr(torch, config.training.dtype)
-    shared = (
-        None
-        if config.data.source == "gaussian_mixture"
-        else load_shared_dataset(config, dtype=dtype)
-    )
-    state = initial_state(config, seed, shared, dtype=dtype)
-    data = state.data
-    model = build_mlp(config.model, data.dim, data.classes).to(dtype)
-    with torch.no_grad():
-        for index, layer in enumerate(linear_layers(model)):
-            layer.weight.copy_(state.weights[index])
-            if state.biases is not None:
-                layer.bias.copy_(state.biases[index])
+    model, data = build_model(config, seed)
     optimizer = _optimizer(config, model, lr)
     monitor = ConservationMonitor(model, optimizer=optimizer, per_unit=False)
     steps = config.training.steps
