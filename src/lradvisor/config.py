@@ -241,17 +241,21 @@ def resolve_data_path(config: ModelConfig) -> Path:
     return Path(config.source_file).parent / path
 
 
-def load_config(path: str | Path) -> ModelConfig:
-    """Read and validate a model YAML file."""
+def read_yaml(path: str | Path) -> object:
+    """A YAML file's contents; an unreadable file or bad YAML is a one-line ConfigError."""
     file = str(path)
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(file, "<file>", "a readable YAML file", exc.strerror) from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "<file>"
         raise ConfigError(file, where, "valid YAML") from None
-    return parse_config(raw, file=file)
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Read and validate a model YAML file."""
+    return parse_config(read_yaml(path), file=str(path))

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from lradvisor.config import ModelConfig, load_config, parse_config
+from lradvisor.config import ModelConfig, load_config, parse_config, read_yaml
 from lradvisor.errors import ConfigError
 
 __all__ = [
@@ -407,15 +406,4 @@ def _check_template_fits(template: ModelConfig, study: _StudyFile, file: str) ->
 
 def load_study(path: str | Path) -> StudySpec:
     """Read and validate a study YAML file."""
-    file = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(file, "<file>", "a readable YAML file", exc.strerror) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "<file>"
-        raise ConfigError(file, where, "valid YAML") from None
-    return parse_study(raw, file=file)
+    return parse_study(read_yaml(path), file=str(path))
