@@ -368,6 +368,49 @@ def _history_steps(steps: int, points: int) -> np.ndarray:
     return np.unique(np.linspace(0, steps, num=min(points, steps + 1)).astype(int))
 
 
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every engine derives from a config before training: the (η, seed) grid in trial
+    order, precision, device, and the seed-independent data set (None for the mixture)."""
+
+    config: ModelConfig
+    lrs: np.ndarray
+    seeds: np.ndarray
+    dtype: torch.dtype
+    device: torch.device
+    shared: Dataset | None
+    unique_seeds: list[int]
+
+
+def trial_setup(
+    config: ModelConfig,
+    *,
+    lrs: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    steps: int | None = None,
+) -> TrialSetup:
+    if steps is not None:
+        config = config.model_copy(
+            update={"training": config.training.model_copy(update={"steps": steps})}
+        )
+    trial_lrs, trial_seeds = _trial_grid(config, lrs, seeds)
+    dtype = getattr(torch, config.training.dtype)
+    shared = (
+        None
+        if config.data.source == "gaussian_mixture"
+        else load_shared_dataset(config, dtype=dtype)
+    )
+    return TrialSetup(
+        config=config,
+        lrs=trial_lrs,
+        seeds=trial_seeds,
+        dtype=dtype,
+        device=torch.device(config.training.device),
+        shared=shared,
+        unique_seeds=list(dict.fromkeys(trial_seeds.tolist())),
+    )
+
+
 def run_sweep(
     config: ModelConfig,
     *,
@@ -391,19 +434,9 @@ def run_sweep(
     two cores for the E5 sweep).
     """
     started = time.perf_counter()
-    if steps is not None:
-        config = config.model_copy(
-            update={"training": config.training.model_copy(update={"steps": steps})}
-        )
-    trial_lrs, trial_seeds = _trial_grid(config, lrs, seeds)
-    dtype = getattr(torch, config.training.dtype)
-    device = torch.device(config.training.device)
-    shared = (
-        None
-        if config.data.source == "gaussian_mixture"
-        else load_shared_dataset(config, dtype=dtype)
-    )
-    unique_seeds = list(dict.fromkeys(trial_seeds.tolist()))
+    grid = trial_setup(config, lrs=lrs, seeds=seeds, steps=steps)
+    config, trial_lrs, trial_seeds = grid.config, grid.lrs, grid.seeds
+    dtype, device, shared, unique_seeds = grid.dtype, grid.device, grid.shared, grid.unique_seeds
     initial = {seed: initial_state(config, seed, shared, dtype=dtype) for seed in unique_seeds}
     datasets = [shared] if shared is not None else [initial[seed].data for seed in unique_seeds]
 

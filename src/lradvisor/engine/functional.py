@@ -37,11 +37,11 @@ from lradvisor.engine.batched import (
     SweepResult,
     _history_steps,
     _Optimizer,
-    _trial_grid,
     batch_indices,
     identity_applies,
+    trial_setup,
 )
-from lradvisor.engine.data import Dataset, load_shared_dataset
+from lradvisor.engine.data import Dataset
 from lradvisor.engine.factory import initial_factory_state
 from lradvisor.errors import LRAdvisorError
 from lradvisor.measure.discovery import Discovery, LawPair, discover_pairs
@@ -207,19 +207,9 @@ def run_functional_sweep(
         arrays have zero columns. Dropout draws a different mask per trial.
     """
     started = time.perf_counter()
-    if steps is not None:
-        config = config.model_copy(
-            update={"training": config.training.model_copy(update={"steps": steps})}
-        )
-    trial_lrs, trial_seeds = _trial_grid(config, lrs, seeds)
-    dtype = getattr(torch, config.training.dtype)
-    device = torch.device(config.training.device)
-    shared = (
-        None
-        if config.data.source == "gaussian_mixture"
-        else load_shared_dataset(config, dtype=dtype)
-    )
-    unique_seeds = list(dict.fromkeys(trial_seeds.tolist()))
+    grid = trial_setup(config, lrs=lrs, seeds=seeds, steps=steps)
+    config, trial_lrs, trial_seeds = grid.config, grid.lrs, grid.seeds
+    dtype, device, shared, unique_seeds = grid.dtype, grid.device, grid.shared, grid.unique_seeds
     initial = {
         seed: initial_factory_state(config, seed, shared, dtype=dtype) for seed in unique_seeds
     }
