@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -9,6 +12,21 @@ from lradvisor.config import ModelConfig, parse_config
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_outside_the_repository(tmp_path_factory) -> Iterator[None]:
+    """Studies log to MLflow by default: keep the store and the spool in a temp folder."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "LRADVISOR_MLFLOW_SPOOL")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["LRADVISOR_MLFLOW_SPOOL"] = str(folder / "spool")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def make_config(**sections) -> ModelConfig:

@@ -117,7 +117,9 @@ def test_prediction_is_exact_after_one_full_batch_step(template, data):
     assert observed != 0
     assert predicted == pytest.approx(observed, rel=EXACT_RTOL)
     assert attrs["lradvisor.drift_ratio"] == pytest.approx(1.0, rel=EXACT_RTOL)
-    assert attrs["lradvisor.drift_history"] == [[0, observed, pytest.approx(observed)]]
+    assert attrs["lradvisor.drift_history"] == [
+        [0, observed, pytest.approx(observed), {"0->2": observed}, {"0->2": pytest.approx(observed)}]
+    ]
 
 
 def test_prediction_grows_like_t_while_no_mode_has_converged(template, data):

@@ -297,21 +297,36 @@ def _probe_choice(result, candidates: np.ndarray) -> tuple[int, np.ndarray, np.n
 
 def _tau(result, lrs: np.ndarray) -> dict:
     """τ(η) = a/η + b from the e-folding time of the seed-mean 1 − q̄(t) at each rate."""
-    taus, rates = [], []
+    taus, rates, curves = [], [], {}
     for lr in lrs:
         cols = result.lrs == lr
         if result.concentration is None or result.diverged[cols].any():
             continue
         series = np.nanmean(result.concentration[:, cols], axis=1)
+        curves[float(lr)] = [float(v) for v in series]
         tau = e_folding_time(result.history_steps, series)
         if np.isfinite(tau) and tau > 0:
             taus.append(tau)
             rates.append(float(lr))
     per_rate = {r: float(t) for r, t in zip(rates, taus, strict=True)}
+    # The seed-mean 1 − q̄(t) behind each τ, for plots (MLflow, reports).
+    concentration = {"steps": [int(s) for s in result.history_steps], "per_rate": curves}
     if len(rates) < 3:
-        return {"per_rate": per_rate, "a": None, "b": None, "r2": None}
+        return {
+            "per_rate": per_rate,
+            "a": None,
+            "b": None,
+            "r2": None,
+            "concentration": concentration,
+        }
     fit = fit_tau(np.array(rates), np.array(taus))
-    return {"per_rate": per_rate, "a": fit.a, "b": fit.b, "r2": fit.r2}
+    return {
+        "per_rate": per_rate,
+        "a": fit.a,
+        "b": fit.b,
+        "r2": fit.r2,
+        "concentration": concentration,
+    }
 
 
 def _lambda_trajectory(

@@ -234,6 +234,17 @@ class _progress:
             self.bar.close()
 
 
+def _tracking_options(command: Callable) -> Callable:
+    """``--tracking-uri`` and ``--no-mlflow`` for commands that log to MLflow."""
+    command = click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")(command)
+    return click.option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI, "
+        "else MLflow's local store sqlite:///mlflow.db).",
+    )(command)
+
+
 @main.group("study")
 def study_group() -> None:
     """Optuna studies from a study file (search space, budget, sampler, pruner)."""
@@ -266,6 +277,7 @@ def study_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the summary as JSON here ('-' for stdout).",
 )
+@_tracking_options
 @_friendly
 def study_run(
     study_file: Path,
@@ -275,6 +287,8 @@ def study_run(
     study_name: str | None,
     no_predict: bool,
     json_file: Path | None,
+    tracking_uri: str | None,
+    no_mlflow: bool,
 ) -> None:
     """Run or resume a study until it has n_trials finished trials; print the summary."""
     from lradvisor.studies import render_summary, run_study
@@ -286,6 +300,8 @@ def study_run(
         storage=storage,
         study_name=study_name,
         predict=not no_predict,
+        mlflow=not no_mlflow,
+        tracking_uri=tracking_uri,
     )
     if json_file is not None and str(json_file) == "-":
         click.echo(json.dumps(summary.as_dict(), indent=2, default=float))
@@ -294,6 +310,41 @@ def study_run(
     if json_file is not None:
         json_file.write_text(json.dumps(summary.as_dict(), indent=2, default=float))
         click.echo(f"wrote {json_file}")
+
+
+@main.group("mlflow")
+def mlflow_group() -> None:
+    """MLflow logging: send what an unreachable tracking server could not take."""
+
+
+@mlflow_group.command("sync")
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of kept payloads (default: $LRADVISOR_MLFLOW_SPOOL, else runs/mlflow-spool).",
+)
+@click.option(
+    "--tracking-uri",
+    help="Send everything here instead of to the tracking URI each payload was meant for.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_friendly
+def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Send the kept MLflow payloads (parent runs, trials, summaries) in order."""
+    from lradvisor.integrations.mlflow import spool_folder, sync
+
+    folder = spool_folder(spool)
+    with _progress("payloads") as update:
+        result = sync(folder, tracking_uri=tracking_uri, progress=update)
+    if as_json:
+        payload = {"spool": str(folder), "sent": result.sent, "pending": result.pending}
+        click.echo(json.dumps({**payload, "errors": result.errors}, indent=2))
+    else:
+        click.echo(f"sent {result.sent} payload(s) from {folder}; {result.pending} still pending")
+        for error in result.errors[:5]:
+            click.echo(f"  {error}")
+    if result.pending:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

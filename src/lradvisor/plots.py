@@ -56,3 +56,42 @@ def plot_advice(advice, path: str | Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def draw(spec: dict):
+    """A matplotlib figure from a figure spec (plain data, so it can be queued as JSON).
+
+    ``spec``: ``title``, ``xlabel``, ``ylabel``, optional ``logx`` / ``logy`` and ``vlines``
+    (``[{"x", "label"}]``), and ``series``: ``[{"x", "y", "label", "style"}]`` with style
+    ``"line"``, ``"points"``, ``"fit"`` (dashed) or ``"prediction"`` (dotted). The caller
+    closes the figure (``matplotlib.pyplot.close``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    formats = {"line": "-", "points": "o", "fit": "--", "prediction": ":"}
+    for series in spec.get("series", []):
+        style = series.get("style", "line")
+        ax.plot(
+            series["x"],
+            series["y"],
+            formats.get(style, "-"),
+            label=series.get("label") or None,
+            lw=2 if style == "prediction" else 1.5,
+        )
+    for line in spec.get("vlines", []):
+        ax.axvline(line["x"], color="crimson", ls="--", label=line.get("label"))
+    if spec.get("logx"):
+        ax.set_xscale("log")
+    if spec.get("logy"):
+        ax.set_yscale("log")
+    ax.set_xlabel(spec.get("xlabel", ""))
+    ax.set_ylabel(spec.get("ylabel", ""))
+    ax.set_title(spec.get("title", ""))
+    if any(s.get("label") for s in spec.get("series", [])) or spec.get("vlines"):
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -219,7 +219,9 @@ class TrialMonitor:
         if not math.isfinite(value):
             self._diverge(step, value)
         numbers, observed, predicted = self._drift_numbers()
-        self._history.append([int(step), observed, predicted])
+        self._history.append(
+            [int(step), observed, predicted, numbers[KEY_DRIFT], numbers[KEY_PREDICTED_DRIFT]]
+        )
         self._history = _thin(self._history, limit=HISTORY_LIMIT, exact_tail=EXACT_HISTORY_TAIL)
         numbers[KEY_DRIFT_HISTORY] = self.drift_history  # a copy: storage may keep the object
         for key, entry in numbers.items():
@@ -296,9 +298,17 @@ class TrialMonitor:
         """``(module_name, reason)`` for every parameterised module no law covers."""
         return self.conservation.skipped
 
+    def drift_numbers(self) -> dict[str, Any]:
+        """Observed and predicted drift now (the numbers ``report`` writes), without reporting."""
+        return self._drift_numbers()[0]
+
     @property
     def drift_history(self) -> list[list[Any]]:
-        """``[step, observed, predicted]`` per report (totals over laws), thinned."""
+        """``[step, observed, predicted, {law: observed}, {law: predicted}]`` per report.
+
+        The first three are totals over laws; the per-law predictions are None where no
+        prediction is made. Thinned to ``HISTORY_LIMIT`` entries.
+        """
         return [list(entry) for entry in self._history]
 
     def summary(self) -> str:

@@ -269,7 +269,7 @@ class ConservationPruner(BasePruner):
         if len(history) < self._drift_patience:
             return None
         tail = history[-self._drift_patience :]
-        ratios = [_drift_ratio(observed, predicted) for _, observed, predicted in tail]
+        ratios = [_drift_ratio(entry[1], entry[2]) for entry in tail]
         if any(ratio is None or self._in_band(ratio) for ratio in ratios):
             return None
         return "drift_off_prediction", {

@@ -24,12 +24,15 @@ Trial user_attrs (JSON values; ``study.trials_dataframe()`` shows them as
 ``lradvisor.drift``               {law: latest observed drift}
 ``lradvisor.predicted_drift``     {law: η²·S_pred(t)}, or None without the identity
 ``lradvisor.drift_ratio``         observed/predicted over all laws (None: no prediction)
-``lradvisor.drift_history``       [[step, observed, predicted], …], ≤ 200 entries, thinned
+``lradvisor.drift_history``       [[step, observed, predicted, {law: obs}, {law: pred}], …],
+                                  totals then per law, ≤ 200 entries, thinned
 ``lradvisor.diverged``            True once a non-finite loss was reported
 ``lradvisor.prune_reason``        "beyond_stability_bound", "diverged",
                                   "drift_off_prediction" or "base_pruner"
 ``lradvisor.prune_detail``        the numbers behind the prune (a dict)
 ``lradvisor.prior``               True when TheoryPriorSampler drew the learning rate
+``lradvisor.final_drift``         {law: drift at the last step} (study-file objectives)
+``lradvisor.final_predicted_drift`` {law: predicted drift at the last step}
 ================================  ==========================================================
 """
 

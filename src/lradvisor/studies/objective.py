@@ -21,6 +21,11 @@ from torch import nn
 from lradvisor.config import ModelConfig
 from lradvisor.engine.batched import batch_indices
 from lradvisor.engine.data import Dataset
+from lradvisor.integrations._study_fits import (
+    ARCHITECTURE_ATTR,
+    DRIFT_ATTR,
+    PREDICTED_DRIFT_ATTR,
+)
 from lradvisor.studies.schema import ParameterSpec, StudySpec
 
 __all__ = [
@@ -34,9 +39,7 @@ __all__ = [
     "trial_config",
 ]
 
-ARCHITECTURE_ATTR = "lradvisor.architecture"
 STEPS_ATTR = "lradvisor.steps_trained"
-DRIFT_ATTR = "lradvisor.final_drift"
 TRAIN_LOSS_ATTR = "lradvisor.final_train_loss"
 VAL_LOSS_ATTR = "lradvisor.final_val_loss"
 PRUNE_REASON_ATTR = "lradvisor.prune_reason"
@@ -176,6 +179,9 @@ class StudyObjective:
         trial.set_user_attr(TRAIN_LOSS_ATTR, _json(evaluation.train_loss))
         trial.set_user_attr(VAL_LOSS_ATTR, _json(evaluation.val_loss))
         trial.set_user_attr(DRIFT_ATTR, _final_drift(monitor))
+        trial.set_user_attr(
+            PREDICTED_DRIFT_ATTR, monitor.drift_numbers()["lradvisor.predicted_drift"]
+        )
         return evaluation
 
     def _build(self, config: ModelConfig) -> tuple[nn.Module, Dataset]:

@@ -16,14 +16,14 @@ COMPLETE + PRUNED + RUNNING + WAITING, and creates the trial (``study.ask`` insi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
 import multiprocessing
 import os
 import sys
 import time
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +34,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lradvisor.errors import LRAdvisorError
+from lradvisor.integrations._study_fits import MIN_DISTINCT_LRS, AlphaGroup, alpha_by_architecture
 from lradvisor.studies.objective import (
-    ARCHITECTURE_ATTR,
-    DRIFT_ATTR,
     PRUNE_REASON_ATTR,
     STEPS_ATTR,
     StudyObjective,
@@ -64,22 +63,8 @@ __all__ = [
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 0.5
-MIN_DISTINCT_LRS = 3
 IDENTITY_ATTR = "lradvisor.identity_holds"
 ADVICE_ATTR = "lradvisor.advice"
-
-
-@dataclass(frozen=True)
-class AlphaGroup:
-    """α fitted on the completed trials of one architecture: |drift of ``law``| vs lr."""
-
-    architecture: str
-    law: str
-    n_trials: int
-    lrs: tuple[float, ...]
-    alpha: float
-    alpha_ci: tuple[float, float]
-    r2: float
 
 
 @dataclass(frozen=True)
@@ -126,6 +111,7 @@ class _Job:
     sampler_seed: int
     prior: tuple[float, float, float] | None
     threads: int | None = None
+    mlflow: Any = None  # an MLflowCallback (picklable) or None
 
 
 def run_study(
@@ -140,6 +126,8 @@ def run_study(
     heartbeat_interval: int = 30,
     grace_period: int = 90,
     max_retry: int = 3,
+    mlflow: bool = True,
+    tracking_uri: str | None = None,
 ) -> StudySummary:
     """Run (or resume) the study of ``study_file`` until ``n_trials`` trials have finished.
 
@@ -156,6 +144,11 @@ def run_study(
         heartbeat_interval, grace_period: seconds, for RDB storages: a RUNNING trial whose
             heartbeat is older than ``grace_period`` is failed and retried.
         max_retry: how often one trial may be retried.
+        mlflow: log the study to MLflow (a parent run, a nested run per trial, the
+            summary's numbers and figures; :mod:`lradvisor.integrations.mlflow`).
+        tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else MLflow's
+            default local store. A server that is away costs nothing but a warning: what
+            could not be sent waits in ``runs/mlflow-spool`` for ``lradvisor mlflow sync``.
     """
     started = time.perf_counter()
     if workers < 1:
@@ -187,6 +180,12 @@ def run_study(
     advice = _advice(study, spec, notes, say) if advice_first else None
     prior = _prior(spec, advice, notes)
     objective = StudyObjective(spec)
+    callback = None
+    if mlflow:
+        from lradvisor.integrations.mlflow import MLflowCallback
+
+        callback = MLflowCallback(tracking_uri, warn=_say)  # outages are said even when quiet
+        callback.open(study)  # the parent run exists before any worker's first trial
     n_existing = len(study.get_trials(deepcopy=False))
     jobs = [
         _Job(
@@ -197,6 +196,7 @@ def run_study(
             sampler_seed=_seed(spec.budget.seed, index, n_existing),
             prior=prior,
             threads=None if workers == 1 else max(1, (os.cpu_count() or 1) // workers),
+            mlflow=callback,
         )
         for index in range(workers)
     ]
@@ -217,6 +217,12 @@ def run_study(
         wall_time=time.perf_counter() - started,
         notes=notes,
     )
+    if callback is not None:
+        sent = callback.finish(study, alpha_predicted=summary.alpha_predicted)
+        note = f"MLflow: experiment '{name}' at {callback.tracking_uri}" + (
+            f" ({sent.pending} payload(s) kept in {callback.spool})" if sent.pending else ""
+        )
+        summary = dataclasses.replace(summary, notes=(*summary.notes, note))
     if summary.finished < target:
         problems = "; ".join(note for note in notes if note.startswith("worker "))
         raise LRAdvisorError(
@@ -249,7 +255,26 @@ def _create_study(storage: StorageSpec, name: str, spec: StudySpec) -> optuna.St
         )
     study.set_user_attr("lradvisor.study_file", spec.source_file)
     study.set_user_attr("lradvisor.metric", spec.metric)
+    study.set_user_attr("lradvisor.model_summary", model_summary(spec.template))
+    study.set_user_attr(
+        "lradvisor.template_architecture",
+        architecture_key(template_parameters(spec.template, spec.architecture_parameters)),
+    )
     return study
+
+
+def model_summary(config) -> str:
+    """One line naming the template: layers, activation, biases, loss, optimiser, data."""
+    model, training, data = config.model, config.training, config.data
+    if model.is_factory:
+        layers = f"{model.factory}({', '.join(f'{k}={v}' for k, v in model.kwargs.items())})"
+    else:
+        layers = f"MLP hidden {model.hidden} {model.activation}" + (
+            " with biases" if model.bias else " bias-free"
+        )
+    source = data.name or data.path or data.source
+    batch = "full batch" if training.batch_size is None else f"batch {training.batch_size}"
+    return f"{layers}; {training.loss}, {training.optimizer}, {batch}; data {source}"
 
 
 def _advice(
@@ -279,6 +304,9 @@ def _advice(
         "recommended_lr": float(advice.recommended_lr),
         "lr_range": [float(v) for v in advice.lr_range],
         "eos_lr": float(advice.eos_lr),
+        "lambda_max": float(advice.lambda_max),
+        "loss": advice.loss,
+        "tau": advice.tau,  # CE only: a/η + b, λ_max(t) and 1 − q̄(t) along the probe
     }
     study.set_user_attr(ADVICE_ATTR, numbers)
     return numbers
@@ -347,6 +375,20 @@ def _work_in(
     study: optuna.Study, job: _Job, *, on_trial: Callable[[optuna.Study], None] | None = None
 ) -> None:
     """Run trials until the study has ``job.target`` finished ones."""
+    callbacks = [job.mlflow] if job.mlflow is not None else []
+    try:
+        _run_trials(study, job, callbacks, on_trial)
+    finally:
+        if job.mlflow is not None and on_trial is None:  # a worker process: send, then exit
+            job.mlflow.flush()
+
+
+def _run_trials(
+    study: optuna.Study,
+    job: _Job,
+    callbacks: list,
+    on_trial: Callable[[optuna.Study], None] | None,
+) -> None:
     spec = job.objective.study
     study.sampler = _sampler(spec, job.sampler_seed, job.prior)
     study.pruner = _pruner(spec.pruner.type, spec)
@@ -370,7 +412,7 @@ def _work_in(
             if decision == "run":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.optimize(gated, n_trials=1, gc_after_trial=False)
+                    study.optimize(gated, n_trials=1, gc_after_trial=False, callbacks=callbacks)
         finally:
             lock.release()
         if decision == "run":
@@ -523,51 +565,6 @@ def summarize(
 def _steps_trained(trial: FrozenTrial, steps: int) -> int:
     value = trial.user_attrs.get(STEPS_ATTR)
     return int(value) if isinstance(value, (int, float)) else steps
-
-
-def alpha_by_architecture(trials: list[FrozenTrial]) -> list[AlphaGroup]:
-    """Fit |drift| ∝ lr^α per architecture over completed trials with ≥ 3 distinct lr.
-
-    The drift is the first law's final drift (``lradvisor.final_drift``); trials of one
-    architecture with the same lr are the repeated columns of
-    :func:`~lradvisor.theory.fit_power_law`.
-    """
-    from lradvisor.theory import fit_power_law
-
-    groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    laws: dict[str, str] = {}
-    for trial in trials:
-        drift = trial.user_attrs.get(DRIFT_ATTR) or {}
-        if not drift or "lr" not in trial.params:
-            continue
-        law, value = next(iter(drift.items()))
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value == 0:
-            continue
-        key = str(trial.user_attrs.get(ARCHITECTURE_ATTR, ""))
-        laws.setdefault(key, law)
-        groups[key][float(trial.params["lr"])].append(abs(float(value)))
-    fits = []
-    for key, by_lr in sorted(groups.items()):
-        if len(by_lr) < MIN_DISTINCT_LRS:
-            continue
-        lrs = np.array(sorted(by_lr))
-        width = max(len(v) for v in by_lr.values())
-        table = np.full((len(lrs), width), np.nan)
-        for row, lr in enumerate(lrs):
-            table[row, : len(by_lr[lr])] = by_lr[lr]
-        fit = fit_power_law(lrs, table)
-        fits.append(
-            AlphaGroup(
-                architecture=key,
-                law=laws[key],
-                n_trials=int(np.isfinite(table).sum()),
-                lrs=tuple(float(v) for v in lrs),
-                alpha=float(fit.alpha),
-                alpha_ci=(float(fit.alpha_ci[0]), float(fit.alpha_ci[1])),
-                r2=float(fit.r2),
-            )
-        )
-    return fits
 
 
 def render_summary(summary: StudySummary) -> str:

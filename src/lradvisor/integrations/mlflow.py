@@ -1,0 +1,514 @@
+"""MLflow logging: predicted versus observed drift for every study, reviewable in the UI.
+
+Layout: one MLflow experiment per Optuna study (named after it), one parent run for the
+study and one nested child run per finished trial (``mlflow.parentRunId`` set explicitly,
+so worker processes attach to the same parent). Child runs carry the trial's parameters,
+per-step metrics (loss, observed and predicted drift per law, S partial sums, sharpness)
+and tags (state, regime, prune reason); the parent carries α fitted with its CI, α
+predicted, the correlation and median relative error between predicted and observed
+drift, the stability bound, τ for cross-entropy, and figures (``log_figure``). Names:
+:mod:`lradvisor.integrations._mlflow_payloads`.
+
+Two ways in::
+
+    # an existing study: a callback (with TrialMonitor in the objective)
+    from lradvisor.integrations.mlflow import MLflowCallback
+    callback = MLflowCallback()                     # MLflow's default store, or tracking_uri=
+    study.optimize(objective, n_trials=50, callbacks=[callback])
+    callback.finish(study)                          # the parent run's α, figures; waits
+
+    # lradvisor study run / reproduce log automatically (--tracking-uri, --no-mlflow)
+
+Nothing is lost when the tracking server is away: every payload is first written to a
+spool folder on disk (``runs/mlflow-spool`` by default), then sent by a background thread;
+what cannot be sent stays there (one warning line) and is retried after each later trial,
+at ``finish``, and by ``lradvisor mlflow sync``. Delivery is idempotent: a run is found
+again by its tags, a half-sent trial run is deleted and sent again whole, so a retry never
+duplicates runs or metric points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lradvisor.integrations._mlflow_payloads import (
+    COMPLETE_TAG,
+    PARENT_KEY_TAG,
+    SUMMARY_TAG,
+    TRIAL_TAG,
+    parent_payload,
+    summary_payload,
+    trial_payload,
+)
+
+__all__ = [
+    "DEFAULT_SPOOL",
+    "MLflowCallback",
+    "SyncResult",
+    "resolve_tracking_uri",
+    "sync",
+]
+
+DEFAULT_SPOOL = Path("runs") / "mlflow-spool"
+SPOOL_ENV = "LRADVISOR_MLFLOW_SPOOL"
+RETRY_SECONDS = 30.0
+_RANK = {"parent": 0, "trial": 1, "summary": 2}
+_BATCH_METRICS = 1000
+_BATCH_PARAMS = 100
+# A dead server should cost seconds, not MLflow's default minutes of retries with backoff;
+# and a study's stdout is its summary, not a "View run" line per trial.
+_ENV_DEFAULTS = {
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default local store.
+
+    A relative ``sqlite:///`` path is made absolute, so that every process (and a later
+    ``lradvisor mlflow sync``) means the same file.
+    """
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def spool_folder(spool: str | Path | None = None) -> Path:
+    """The spool folder: ``spool``, else ``$LRADVISOR_MLFLOW_SPOOL``, else runs/mlflow-spool."""
+    return Path(spool or os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL).resolve()
+
+
+# ------------------------------------------------------------------------------- spool
+
+
+def _write(folder: Path, payload: dict[str, Any]) -> Path:
+    """Atomically add a payload to the spool (write to a temporary name, then rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{_RANK[payload['kind']]}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+    path = folder / name
+    temporary = folder / f".{name}.tmp"
+    temporary.write_text(json.dumps(payload))
+    temporary.replace(path)
+    return path
+
+
+def _pending(folder: Path, tracking_uri: str | None = None) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    paths = sorted(folder.glob("[0-9]-*.json"))  # rank, then time: parents first
+    if tracking_uri is None:
+        return paths
+    return [p for p in paths if _read(p).get("tracking_uri") == tracking_uri]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _claimed(path: Path):
+    """An exclusive, non-blocking lock on one payload file (None: another process has it)."""
+    try:
+        handle = open(path)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        yield None
+        return
+    try:
+        yield handle if path.exists() else None
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+# ---------------------------------------------------------------------------- delivery
+
+
+@dataclass
+class SyncResult:
+    """What one flush of the spool did."""
+
+    sent: int = 0
+    pending: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.pending == 0
+
+
+class _Delivery:
+    """Idempotent upserts of payloads into one tracking store (one client, one thread)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        for name, value in _ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._experiments: dict[str, str] = {}
+        self._parents: dict[tuple[str, str], str] = {}
+
+    def reachable(self) -> str | None:
+        """None when the store answers; else why not (HTTP servers only are probed)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        import requests
+
+        try:
+            requests.get(self.uri.rstrip("/") + "/health", timeout=3).raise_for_status()
+        except requests.RequestException as exc:
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return None
+
+    def send(self, payload: dict[str, Any]) -> None:
+        experiment = self._experiment(payload["experiment"])
+        parent = self._parent(experiment, payload)
+        if payload["kind"] == "trial":
+            self._trial(experiment, parent, payload)
+        elif payload["kind"] == "summary":
+            self._summary(parent, payload)
+
+    def _experiment(self, name: str) -> str:
+        if name in self._experiments:
+            return self._experiments[name]
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                identifier = self.client.create_experiment(name)
+            except MlflowException:  # another process created it first
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                identifier = found.experiment_id
+        else:
+            identifier = found.experiment_id
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(identifier)
+        self._experiments[name] = identifier
+        return identifier
+
+    def _runs(self, experiment: str, filters: dict[str, str]) -> list:
+        text = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+        runs = list(self.client.search_runs([experiment], filter_string=text, max_results=1000))
+        return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+
+    def _parent(self, experiment: str, payload: dict[str, Any]) -> str:
+        """The study's parent run: found by its key, else created (the oldest one wins)."""
+        key = payload["parent_key"]
+        if (experiment, key) in self._parents:
+            return self._parents[(experiment, key)]
+        runs = self._runs(experiment, {PARENT_KEY_TAG: key, "lradvisor.role": "study"})
+        if not runs:
+            tags = {PARENT_KEY_TAG: key, "lradvisor.role": "study"}
+            if payload["kind"] == "parent":
+                tags.update(payload["tags"])
+            run = self.client.create_run(
+                experiment,
+                start_time=payload.get("start_time"),
+                tags=tags,
+                run_name=payload["run_name"],
+            )
+            if payload["kind"] == "parent" and payload.get("params"):
+                self._log(run.info.run_id, params=payload["params"])
+            runs = self._runs(experiment, {PARENT_KEY_TAG: key, "lradvisor.role": "study"})
+            for duplicate in runs[1:]:  # two processes raced: keep the oldest
+                if duplicate.info.run_id == run.info.run_id:
+                    self.client.delete_run(duplicate.info.run_id)
+        identifier = runs[0].info.run_id
+        self._parents[(experiment, key)] = identifier
+        return identifier
+
+    def _trial(self, experiment: str, parent: str, payload: dict[str, Any]) -> None:
+        filters = {PARENT_KEY_TAG: payload["parent_key"], TRIAL_TAG: str(payload["trial_number"])}
+        existing = self._runs(experiment, {**filters, "lradvisor.role": "trial"})
+        if any(run.data.tags.get(COMPLETE_TAG) == "true" for run in existing):
+            return
+        for run in existing:  # half sent before an outage: send it again whole
+            self.client.delete_run(run.info.run_id)
+        tags = {**payload["tags"], PARENT_KEY_TAG: payload["parent_key"]}
+        tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(
+            experiment, start_time=payload["start_time"], tags=tags, run_name=payload["run_name"]
+        )
+        run_id = run.info.run_id
+        self._log(
+            run_id, params=payload["params"], metrics=payload["metrics"], at=payload["end_time"]
+        )
+        self.client.set_terminated(run_id, status=payload["status"], end_time=payload["end_time"])
+        self.client.set_tag(run_id, COMPLETE_TAG, "true")
+
+    def _summary(self, parent: str, payload: dict[str, Any]) -> None:
+        run = self.client.get_run(parent)
+        if run.data.tags.get(SUMMARY_TAG) == payload["digest"]:
+            return
+        import matplotlib.pyplot as plt
+
+        from lradvisor.plots import draw
+
+        metrics = [[key, value, payload["step"]] for key, value, _ in payload["metrics"]]
+        self._log(parent, metrics=metrics, at=int(time.time() * 1000))
+        for key, value in payload["tags"].items():
+            self.client.set_tag(parent, key, value)
+        for name, spec in payload["figures"].items():
+            figure = draw(spec)
+            try:
+                self.client.log_figure(parent, figure, f"figures/{name}.png")
+            finally:
+                plt.close(figure)
+        self.client.set_terminated(parent, status="FINISHED")
+        self.client.set_tag(parent, SUMMARY_TAG, payload["digest"])
+
+    def _log(
+        self,
+        run_id: str,
+        *,
+        params: dict[str, str] | None = None,
+        metrics: list | None = None,
+        at: int | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param
+
+        items = list((params or {}).items())
+        for start in range(0, len(items), _BATCH_PARAMS):
+            chunk = [Param(k, v) for k, v in items[start : start + _BATCH_PARAMS]]
+            self.client.log_batch(run_id, params=chunk, synchronous=True)
+        stamp = at or int(time.time() * 1000)
+        entries = [Metric(key, value, stamp, step) for key, value, step in metrics or []]
+        for start in range(0, len(entries), _BATCH_METRICS):
+            self.client.log_batch(
+                run_id, metrics=entries[start : start + _BATCH_METRICS], synchronous=True
+            )
+
+
+def sync(
+    spool: str | Path | None = None,
+    *,
+    tracking_uri: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SyncResult:
+    """Send every payload kept in ``spool`` (to ``tracking_uri``, or where each was meant).
+
+    Payloads are sent in order (parent runs, trials, summaries); each one sent is removed.
+    The first failure of a tracking store stops its remaining payloads (they stay). Safe
+    to run while a study is logging: a payload another process is sending is skipped.
+    """
+    folder = spool_folder(spool)
+    paths = _pending(folder)
+    result = SyncResult()
+    deliveries: dict[str, _Delivery] = {}
+    down: dict[str, str] = {}
+    for index, path in enumerate(paths):
+        with _claimed(path) as handle:
+            if handle is None:  # sent by another process meanwhile, or being sent
+                continue
+            payload = _read(path)
+            uri = tracking_uri or payload.get("tracking_uri")
+            if not payload or not uri:
+                result.errors.append(f"{path.name}: not a readable lradvisor payload")
+                result.pending += 1
+                continue
+            if uri in down:
+                result.pending += 1
+                continue
+            try:
+                if uri not in deliveries:
+                    delivery = _Delivery(uri)
+                    problem = delivery.reachable()
+                    if problem:
+                        raise ConnectionError(problem)
+                    deliveries[uri] = delivery
+                deliveries[uri].send(payload)
+            except Exception as exc:  # any failure keeps the payload for the next try
+                message = str(exc).splitlines()[0][:200] if str(exc) else ""
+                down[uri] = f"{type(exc).__name__}: {message}"
+                result.errors.append(f"{uri}: {down[uri]}")
+                result.pending += 1
+                continue
+            path.unlink(missing_ok=True)
+            result.sent += 1
+        if progress is not None:
+            progress(index + 1, len(paths))
+    return result
+
+
+# ------------------------------------------------------------------------- the callback
+
+
+class _Uploader:
+    """A daemon thread that flushes the spool after each new payload and on a timer."""
+
+    def __init__(self, spool: Path, tracking_uri: str, warn: Callable[[str], None]) -> None:
+        self.spool = spool
+        self.uri = tracking_uri
+        self.warn = warn
+        self._wake = threading.Event()
+        self._stop = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._offline: str | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="lradvisor-mlflow", daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(timeout=RETRY_SECONDS)
+            self._wake.clear()
+            self.flush()
+            if not self._wake.is_set():
+                self._idle.set()
+            if self._stop:
+                return
+
+    def flush(self) -> SyncResult:
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> SyncResult:
+        result = sync(self.spool)
+        if result.pending and result.errors:
+            reason = result.errors[0]
+            if self._offline is None:
+                self.warn(
+                    f"MLflow unreachable ({reason}); {result.pending} payload(s) kept in "
+                    f"{self.spool}: retried after each trial, or run `lradvisor mlflow sync`"
+                )
+            self._offline = reason
+        elif self._offline is not None and not result.pending:
+            self.warn(f"MLflow reachable again: sent {result.sent} kept payload(s)")
+            self._offline = None
+        return result
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the queue has been worked through once; False on timeout."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+
+def _stderr(message: str) -> None:
+    print(f"lradvisor: warning: {message}", file=sys.stderr, flush=True)
+
+
+class MLflowCallback:
+    """Optuna callback: a nested MLflow run per finished trial under one parent per study.
+
+    Works with any objective; the drift metrics come from
+    :class:`~lradvisor.integrations.optuna.TrialMonitor` (trials without it get params,
+    reported losses and tags only). Sending happens on a background thread, so a slow or
+    absent tracking server never slows or stops the study.
+
+    Args:
+        tracking_uri: an MLflow tracking URI (``http://host:port``, ``sqlite:///…``);
+            default ``MLFLOW_TRACKING_URI``, else MLflow's default local store.
+        spool: folder for payloads not yet sent (default ``runs/mlflow-spool``).
+        warn: where the one-line outage warnings go (default: stderr).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        *,
+        spool: str | Path | None = None,
+        warn: Callable[[str], None] = _stderr,
+    ) -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.spool = spool_folder(spool)
+        self._warn = warn
+        self._uploader: _Uploader | None = None
+        self._parents: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes
+        return {**self.__dict__, "_uploader": None, "_parents": set()}
+
+    def _start(self) -> _Uploader:
+        if self._uploader is None:
+            self._uploader = _Uploader(self.spool, self.tracking_uri, self._warn)
+        return self._uploader
+
+    def open(self, study: optuna.Study) -> None:
+        """Queue the study's parent run (also done at the first finished trial)."""
+        if study.study_name in self._parents:
+            return
+        self._parents.add(study.study_name)
+        _write(self.spool, parent_payload(study, tracking_uri=self.tracking_uri))
+        self._start().kick()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+            return
+        self.open(study)
+        _write(self.spool, trial_payload(study, trial, tracking_uri=self.tracking_uri))
+        self._start().kick()
+
+    def finish(
+        self,
+        study: optuna.Study,
+        *,
+        alpha_predicted: float | None = None,
+        timeout: float = 120.0,
+    ) -> SyncResult:
+        """Queue the parent run's summary, send everything pending, stop the thread.
+
+        Returns what the last flush did; payloads still pending (server away) are kept
+        for the next run or ``lradvisor mlflow sync``, with one warning line.
+        """
+        self.open(study)
+        _write(
+            self.spool,
+            summary_payload(study, tracking_uri=self.tracking_uri, alpha_predicted=alpha_predicted),
+        )
+        return self.flush(timeout=timeout)
+
+    def flush(self, *, timeout: float = 120.0) -> SyncResult:
+        """Send what is pending now and stop the background thread."""
+        uploader = self._start()
+        uploader.close(timeout)
+        self._uploader = None
+        result = uploader.flush()
+        if result.pending and uploader._offline is None:
+            self._warn(
+                f"{result.pending} MLflow payload(s) could not be sent and are kept in "
+                f"{self.spool}; run `lradvisor mlflow sync` ({'; '.join(result.errors[:1])})"
+            )
+        return result
