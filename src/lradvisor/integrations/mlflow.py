@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sys
 import threading
@@ -172,6 +173,8 @@ class _Delivery:
     def __init__(self, tracking_uri: str) -> None:
         for name, value in _ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # table creation
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow import MlflowClient
 
         self.uri = tracking_uri
@@ -388,6 +391,7 @@ class _Uploader:
         self._wake.set()
 
     def _loop(self) -> None:
+        self._warm()
         while True:
             self._wake.wait(timeout=RETRY_SECONDS)
             self._wake.clear()
@@ -396,6 +400,15 @@ class _Uploader:
                 self._idle.set()
             if self._stop:
                 return
+
+    def _warm(self) -> None:
+        """Import MLflow and open the store (a new local store creates its tables: seconds)
+        while the first trial trains, not after it."""
+        with self._lock:
+            with contextlib.suppress(Exception):
+                delivery = _Delivery(self.uri)
+                if delivery.reachable() is None:
+                    delivery.client.search_experiments(max_results=1)
 
     def flush(self) -> SyncResult:
         with self._lock:
@@ -457,6 +470,7 @@ class MLflowCallback:
         self._warn = warn
         self._uploader: _Uploader | None = None
         self._parents: set[str] = set()
+        self._start()  # opens the store in the background while the first trial trains
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes
         return {**self.__dict__, "_uploader": None, "_parents": set()}
