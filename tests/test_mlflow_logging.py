@@ -216,3 +216,66 @@ def test_study_run_without_mlflow_logs_nothing(tmp_path: Path, monkeypatch) -> N
     )
     assert outcome.exit_code == 0, outcome.output
     assert "MLflow" not in outcome.output and not spool.exists()
+
+
+def test_replication_result_is_logged_as_one_experiment_per_paper_experiment(
+    store: str, tmp_path: Path
+) -> None:
+    from lradvisor.integrations.mlflow import log_replication
+
+    figure = {
+        "title": "drift vs η",
+        "xlabel": "η",
+        "ylabel": "drift",
+        "logx": True,
+        "logy": True,
+        "series": [{"x": [0.1, 1.0], "y": [1e-3, 1e-2], "label": "E5", "style": "points"}],
+    }
+    result = {
+        "mode": "quick",
+        "commit": "abc",
+        "date": "2026-11-29 05:00 UTC",
+        "experiments": [
+            {
+                "id": "E5",
+                "name": "drift scaling law",
+                "kind": "drift_sweep",
+                "file": "studies/E05.yaml",
+                "published": "α = 1.16",
+                "verdict": "reproduced",
+                "reason": "all claims hold",
+                "wall_time_s": 1.5,
+                "values": {"alpha": 1.161, "per_lr": [{"lr": 0.1, "drift": 2e-3}], "note": "x"},
+                "claims": [
+                    {
+                        "id": "alpha",
+                        "published": "α = 1.16",
+                        "metric": "alpha",
+                        "check": "approx",
+                        "holds": True,
+                        "measured": 1.161,
+                        "reason": "within",
+                    },
+                ],
+                "figures": {"drift_vs_lr": figure},
+            }
+        ],
+    }
+    outcome = log_replication(result, tracking_uri=store, spool=tmp_path / "spool")
+    assert (outcome.sent, outcome.pending) == (2, 0)
+    # Logging the same result again sends nothing twice.
+    log_replication(result, tracking_uri=store, spool=tmp_path / "spool")
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("paper E5 drift scaling law")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    (parent,) = [r for r in runs if r.data.tags["lradvisor.role"] == "replication"]
+    (claim,) = [r for r in runs if r.data.tags["lradvisor.role"] == "claim"]
+    assert parent.data.metrics["alpha"] == 1.161
+    assert parent.data.metrics["per_lr/0/drift"] == 2e-3
+    assert parent.data.tags["lradvisor.verdict"] == "reproduced"
+    assert claim.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert claim.data.metrics["measured"] == 1.161
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "figures")] == [
+        "figures/drift_vs_lr.png"
+    ]

@@ -41,15 +41,18 @@ from optuna.trial import FrozenTrial, TrialState
 from lradvisor.integrations._study_fits import ARCHITECTURE_ATTR, alpha_by_architecture, final_drift
 
 __all__ = [
+    "flatten_numbers",
     "metric_key",
     "parent_key",
     "parent_payload",
     "prediction_pairs",
+    "replication_payloads",
     "summary_payload",
     "trial_payload",
 ]
 
 ROLE_TAG = "lradvisor.role"
+RUN_KEY_TAG = "lradvisor.run_key"
 PARENT_KEY_TAG = "lradvisor.parent_key"
 TRIAL_TAG = "lradvisor.trial_number"
 COMPLETE_TAG = "lradvisor.logged"
@@ -396,3 +399,104 @@ def _figures(complete, pairs, group, alpha_predicted, advice) -> dict[str, dict]
             ],
         }
     return figures
+
+
+# ------------------------------------------------------------------ lradvisor reproduce
+
+
+def flatten_numbers(value: Any, prefix: str = "", *, limit: int = 400) -> dict[str, float]:
+    """Finite numbers of a nested JSON value as ``{"a/b/0": 1.0}`` (at most ``limit``)."""
+    found: dict[str, float] = {}
+
+    def walk(item: Any, path: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(item, dict):
+            for key, child in item.items():
+                walk(child, f"{path}/{key}" if path else str(key))
+        elif isinstance(item, (list, tuple)):
+            for index, child in enumerate(item):
+                walk(child, f"{path}/{index}" if path else str(index))
+        else:
+            number = _finite(item)
+            if number is not None and path:
+                found[metric_key(path)] = number
+
+    walk(value, prefix)
+    return found
+
+
+def replication_payloads(result: dict[str, Any], *, tracking_uri: str) -> list[dict[str, Any]]:
+    """``lradvisor reproduce``'s result (``ReplicationResult.as_dict()``) as ``run`` payloads.
+
+    Each paper experiment is an MLflow experiment (``paper E5 drift scaling law``); each
+    reproduce invocation a parent run in it (its values as metrics, verdict and reason as
+    tags, its figures), with one nested run per published claim (measured value, holds).
+    """
+    payloads = []
+    stamp = f"{result.get('date', '')}|{result.get('commit', '')}|{result.get('mode', '')}"
+    for row in result.get("experiments", []):
+        experiment = f"paper {row['id']} {row['name']}"
+        key = hashlib.sha256(f"{experiment}|{stamp}".encode()).hexdigest()[:24]
+        tags = {
+            ROLE_TAG: "replication",
+            "lradvisor.verdict": str(row["verdict"]),
+            "lradvisor.reason": _text(row.get("reason", "")),
+            "lradvisor.mode": str(result.get("mode", "")),
+            "lradvisor.commit": str(result.get("commit", "")),
+        }
+        params = {
+            "experiment": row["id"],
+            "kind": row.get("kind", ""),
+            "study_file": row.get("file", ""),
+            "published": _text(row.get("published", "")),
+            "mode": result.get("mode", ""),
+        }
+        metrics = [[k, v, 0] for k, v in flatten_numbers(row.get("values") or {}).items()]
+        metrics.append(["wall_time_s", float(row.get("wall_time_s") or 0.0), 0])
+        payloads.append(
+            {
+                "kind": "run",
+                "tracking_uri": tracking_uri,
+                "experiment": experiment,
+                "run_key": key,
+                "run_name": f"reproduce {result.get('mode', '')} {result.get('date', '')}",
+                "params": {k: _text(v) for k, v in params.items() if v != ""},
+                "tags": tags,
+                "metrics": metrics,
+                "figures": row.get("figures") or {},
+                "status": "FAILED" if row["verdict"] == "error" else "FINISHED",
+            }
+        )
+        for claim in row.get("claims", []):
+            claim_metrics = [
+                [metric_key("measured", k), v, 0]
+                for k, v in flatten_numbers(claim.get("measured")).items()
+            ]
+            measured = _finite(claim.get("measured"))
+            if measured is not None:
+                claim_metrics.append(["measured", measured, 0])
+            payloads.append(
+                {
+                    "kind": "run",
+                    "tracking_uri": tracking_uri,
+                    "experiment": experiment,
+                    "run_key": f"{key}-{metric_key(claim['id'])}",
+                    "parent_run_key": key,
+                    "run_name": f"claim {claim['id']}",
+                    "params": {
+                        "published": _text(claim.get("published", "")),
+                        "metric": str(claim.get("metric", "")),
+                        "check": str(claim.get("check", "")),
+                    },
+                    "tags": {
+                        ROLE_TAG: "claim",
+                        "lradvisor.holds": str(claim.get("holds")),
+                        "lradvisor.reason": _text(claim.get("reason", "")),
+                    },
+                    "metrics": claim_metrics,
+                    "figures": {},
+                    "status": "FINISHED",
+                }
+            )
+    return payloads

@@ -49,9 +49,11 @@ from optuna.trial import FrozenTrial, TrialState
 from lradvisor.integrations._mlflow_payloads import (
     COMPLETE_TAG,
     PARENT_KEY_TAG,
+    RUN_KEY_TAG,
     SUMMARY_TAG,
     TRIAL_TAG,
     parent_payload,
+    replication_payloads,
     summary_payload,
     trial_payload,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "DEFAULT_SPOOL",
     "MLflowCallback",
     "SyncResult",
+    "log_replication",
     "resolve_tracking_uri",
     "sync",
 ]
@@ -67,7 +70,7 @@ __all__ = [
 DEFAULT_SPOOL = Path("runs") / "mlflow-spool"
 SPOOL_ENV = "LRADVISOR_MLFLOW_SPOOL"
 RETRY_SECONDS = 30.0
-_RANK = {"parent": 0, "trial": 1, "summary": 2}
+_RANK = {"parent": 0, "run": 0, "trial": 1, "summary": 2}
 _BATCH_METRICS = 1000
 _BATCH_PARAMS = 100
 # A dead server should cost seconds, not MLflow's default minutes of retries with backoff;
@@ -196,6 +199,9 @@ class _Delivery:
 
     def send(self, payload: dict[str, Any]) -> None:
         experiment = self._experiment(payload["experiment"])
+        if payload["kind"] == "run":
+            self._run(experiment, payload)
+            return
         parent = self._parent(experiment, payload)
         if payload["kind"] == "trial":
             self._trial(experiment, parent, payload)
@@ -273,24 +279,48 @@ class _Delivery:
         self.client.set_terminated(run_id, status=payload["status"], end_time=payload["end_time"])
         self.client.set_tag(run_id, COMPLETE_TAG, "true")
 
-    def _summary(self, parent: str, payload: dict[str, Any]) -> None:
-        run = self.client.get_run(parent)
-        if run.data.tags.get(SUMMARY_TAG) == payload["digest"]:
+    def _run(self, experiment: str, payload: dict[str, Any]) -> None:
+        """A self-contained run found by its key (nested when ``parent_run_key`` is given)."""
+        existing = self._runs(experiment, {RUN_KEY_TAG: payload["run_key"]})
+        if any(run.data.tags.get(COMPLETE_TAG) == "true" for run in existing):
             return
+        for run in existing:
+            self.client.delete_run(run.info.run_id)
+        tags = {**payload["tags"], RUN_KEY_TAG: payload["run_key"]}
+        if payload.get("parent_run_key"):
+            parents = self._runs(experiment, {RUN_KEY_TAG: payload["parent_run_key"]})
+            if not parents:
+                raise LookupError(f"parent run {payload['parent_run_key']} is not sent yet")
+            tags["mlflow.parentRunId"] = parents[0].info.run_id
+        run_id = self.client.create_run(
+            experiment, tags=tags, run_name=payload["run_name"]
+        ).info.run_id
+        self._log(run_id, params=payload["params"], metrics=payload["metrics"])
+        self._figures(run_id, payload.get("figures") or {})
+        self.client.set_terminated(run_id, status=payload["status"])
+        self.client.set_tag(run_id, COMPLETE_TAG, "true")
+
+    def _figures(self, run_id: str, figures: dict[str, dict]) -> None:
         import matplotlib.pyplot as plt
 
         from lradvisor.plots import draw
 
+        for name, spec in figures.items():
+            figure = draw(spec)
+            try:
+                self.client.log_figure(run_id, figure, f"figures/{name}.png")
+            finally:
+                plt.close(figure)
+
+    def _summary(self, parent: str, payload: dict[str, Any]) -> None:
+        run = self.client.get_run(parent)
+        if run.data.tags.get(SUMMARY_TAG) == payload["digest"]:
+            return
         metrics = [[key, value, payload["step"]] for key, value, _ in payload["metrics"]]
         self._log(parent, metrics=metrics, at=int(time.time() * 1000))
         for key, value in payload["tags"].items():
             self.client.set_tag(parent, key, value)
-        for name, spec in payload["figures"].items():
-            figure = draw(spec)
-            try:
-                self.client.log_figure(parent, figure, f"figures/{name}.png")
-            finally:
-                plt.close(figure)
+        self._figures(parent, payload["figures"])
         self.client.set_terminated(parent, status="FINISHED")
         self.client.set_tag(parent, SUMMARY_TAG, payload["digest"])
 
@@ -379,15 +409,13 @@ class _Uploader:
         self.warn = warn
         self._wake = threading.Event()
         self._stop = False
-        self._idle = threading.Event()
-        self._idle.set()
         self._offline: str | None = None
+        self.sent = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="lradvisor-mlflow", daemon=True)
         self._thread.start()
 
     def kick(self) -> None:
-        self._idle.clear()
         self._wake.set()
 
     def _loop(self) -> None:
@@ -395,11 +423,9 @@ class _Uploader:
         while True:
             self._wake.wait(timeout=RETRY_SECONDS)
             self._wake.clear()
-            self.flush()
-            if not self._wake.is_set():
-                self._idle.set()
-            if self._stop:
+            if self._stop:  # the closing flush runs in the caller's thread
                 return
+            self.flush()
 
     def _warm(self) -> None:
         """Import MLflow and open the store (a new local store creates its tables: seconds)
@@ -411,8 +437,11 @@ class _Uploader:
                     delivery.client.search_experiments(max_results=1)
 
     def flush(self) -> SyncResult:
+        """Send what is pending; the result counts everything this uploader has sent."""
         with self._lock:
-            return self._flush()
+            result = self._flush()
+            self.sent += result.sent
+            return SyncResult(sent=self.sent, pending=result.pending, errors=result.errors)
 
     def _flush(self) -> SyncResult:
         result = sync(self.spool)
@@ -428,10 +457,6 @@ class _Uploader:
             self.warn(f"MLflow reachable again: sent {result.sent} kept payload(s)")
             self._offline = None
         return result
-
-    def wait(self, timeout: float) -> bool:
-        """Wait until the queue has been worked through once; False on timeout."""
-        return self._idle.wait(timeout)
 
     def close(self, timeout: float) -> None:
         self._stop = True
@@ -526,3 +551,31 @@ class MLflowCallback:
                 f"{self.spool}; run `lradvisor mlflow sync` ({'; '.join(result.errors[:1])})"
             )
         return result
+
+
+def log_replication(
+    result: dict[str, Any],
+    *,
+    tracking_uri: str | None = None,
+    spool: str | Path | None = None,
+    warn: Callable[[str], None] = _stderr,
+    timeout: float = 120.0,
+) -> SyncResult:
+    """Log ``lradvisor reproduce``'s result (``ReplicationResult.as_dict()``) to MLflow.
+
+    One MLflow experiment per paper experiment, a parent run per invocation (values,
+    verdict, figures) and a nested run per claim; kept in the spool when the store is away.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    folder = spool_folder(spool)
+    for payload in replication_payloads(result, tracking_uri=uri):
+        _write(folder, payload)
+    uploader = _Uploader(folder, uri, warn)
+    uploader.close(timeout)
+    outcome = uploader.flush()  # in this thread: the result counts what was sent
+    if outcome.pending and uploader._offline is None:
+        warn(
+            f"{outcome.pending} MLflow payload(s) could not be sent and are kept in {folder}; "
+            f"run `lradvisor mlflow sync` ({'; '.join(outcome.errors[:1])})"
+        )
+    return outcome
