@@ -1,7 +1,8 @@
 """A real ``mlflow server`` on loopback for tests: SQLite backend and artifacts in a temp folder.
 
 ``MlflowServer.start()`` waits for ``/health``; ``kill()`` stops it hard (SIGKILL, an outage);
-``start()`` again brings it back on the same port with the same stores.
+``start()`` again brings it back on the same port with the same stores. ``STUDY`` and
+``study_file`` are the tiny study the MLflow tests log (a few seconds on one core).
 """
 
 from __future__ import annotations
@@ -15,8 +16,37 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 
 STARTUP_SECONDS = 120
+
+STUDY = {
+    "name": "mlflow-e2e",
+    "model": {
+        "model": {"hidden": [8]},
+        "data": {
+            "source": "gaussian_mixture",
+            "n": 60,
+            "dim": 6,
+            "classes": 3,
+            "validation_fraction": 0.25,
+        },
+        "training": {"loss": "ce", "dtype": "float64"},
+    },
+    # Up to 100× the bound: some trials are pruned before training or diverge.
+    "search_space": {"lr": {"type": "float", "low": 0.01, "high": 60.0, "log": True}},
+    "metric": "val_loss",
+    "budget": {"n_trials": 8, "steps": 40, "report_every": 10, "seed": 2},
+    "sampler": {"type": "random"},
+    "pruner": {"type": "lradvisor", "base": "median"},
+}
+
+
+def study_file(folder: Path, **overrides) -> Path:
+    """``STUDY`` with top-level keys replaced, written to ``folder/study.yaml``."""
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **overrides}))
+    return path
 
 
 def free_port() -> int:

@@ -14,12 +14,12 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from _mlflow_server import MlflowServer
+from _mlflow_server import study_file as _study_file
 from lradvisor.cli import main
 from lradvisor.integrations._mlflow_payloads import metric_key, parent_key
 from lradvisor.studies import run_study
@@ -27,27 +27,6 @@ from lradvisor.studies.objective import StudyObjective
 from lradvisor.studies.storage import OWNER_ATTR, StorageSpec
 
 pytestmark = pytest.mark.slow
-
-STUDY = {
-    "name": "mlflow-e2e",
-    "model": {
-        "model": {"hidden": [8]},
-        "data": {
-            "source": "gaussian_mixture",
-            "n": 60,
-            "dim": 6,
-            "classes": 3,
-            "validation_fraction": 0.25,
-        },
-        "training": {"loss": "ce", "dtype": "float64"},
-    },
-    # Up to 100× the bound: some trials are pruned before training or diverge.
-    "search_space": {"lr": {"type": "float", "low": 0.01, "high": 60.0, "log": True}},
-    "metric": "val_loss",
-    "budget": {"n_trials": 8, "steps": 40, "report_every": 10, "seed": 0},
-    "sampler": {"type": "random"},
-    "pruner": {"type": "lradvisor", "base": "median"},
-}
 
 
 @pytest.fixture(autouse=True)
@@ -70,12 +49,6 @@ def spool(tmp_path: Path, monkeypatch) -> Path:
     folder = tmp_path / "spool"
     monkeypatch.setenv("LRADVISOR_MLFLOW_SPOOL", str(folder))
     return folder
-
-
-def _study_file(tmp_path: Path, **overrides) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({**STUDY, **overrides}))
-    return path
 
 
 def _optuna_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -145,7 +118,11 @@ def test_study_logs_parent_children_metrics_and_figures_equal_to_optuna(
             step, observed, predicted, by_law = entry[0], entry[1], entry[2], entry[3]
             observed_history = client.get_metric_history(run.info.run_id, "drift_observed")
             assert {m.step: m.value for m in observed_history}[step] == observed
-            if predicted is not None:
+            below_bound = trial.params["lr"] < attrs["lradvisor.eos_lr"]
+            assert (run.data.tags["lradvisor.prediction"] == "logged") == below_bound
+            if not below_bound:  # the diverging quadratic model: not logged
+                assert "drift_predicted" not in run.data.metrics
+            elif predicted is not None:
                 predicted_history = client.get_metric_history(run.info.run_id, "drift_predicted")
                 assert {m.step: m.value for m in predicted_history}[step] == predicted
                 s_history = client.get_metric_history(run.info.run_id, "S_observed/0_to_2")
@@ -167,7 +144,8 @@ def test_study_logs_parent_children_metrics_and_figures_equal_to_optuna(
     advice = optuna.load_study(study_name="mlflow-e2e", storage=storage).user_attrs[
         "lradvisor.advice"
     ]
-    assert metrics["eos_lr"] == advice["eos_lr"] and metrics["lambda_max"] == advice["lambda_max"]
+    assert metrics["template_eos_lr"] == advice["eos_lr"]
+    assert metrics["template_lambda_max"] == advice["lambda_max"]
     for key in ("a", "b", "r2"):
         assert metrics.get(f"tau_{key}") == advice["tau"][key]
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}

@@ -18,10 +18,15 @@ child run, step 0                      ``sharpness`` (λ_max(θ₀)), ``eos_lr``
 child run, last step                   ``final_drift/<law>``, ``final_predicted_drift/<law>``,
                                        ``final_train_loss``, ``final_val_loss``, ``value``
 parent run                             ``alpha_fitted``, ``alpha_ci_low``, ``alpha_ci_high``,
-                                       ``alpha_r2``, ``alpha_predicted``,
-                                       ``drift_correlation``, ``drift_median_relative_error``,
-                                       ``eos_lr``, ``lambda_max``, ``recommended_lr``,
-                                       ``tau_a``, ``tau_b``, ``tau_r2`` (CE), trial counts
+                                       ``alpha_r2`` (completed trials), the same fit below
+                                       half the bound ``alpha_fitted_below_half_bound``
+                                       (the range of ``alpha_predicted``),
+                                       ``drift_correlation`` (of log |drift|) and
+                                       ``drift_median_relative_error`` over trials below
+                                       the bound, ``template_eos_lr``,
+                                       ``template_lambda_max``, ``template_recommended_lr``
+                                       (advise() on the template, full data), ``tau_a``,
+                                       ``tau_b``, ``tau_r2`` (CE), best value, trial counts
 =====================================  ===================================================
 """
 
@@ -126,7 +131,7 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
         ("lradvisor.loss", "loss"),
         ("lradvisor.identity_holds", "identity_holds"),
     ):
-        if key in attrs:
+        if attrs.get(key) not in (None, ""):
             params[name] = _text(attrs[key])
     if study.user_attrs.get(MODEL_ATTR):
         params["model"] = _text(study.user_attrs[MODEL_ATTR])
@@ -149,11 +154,16 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
     add("sharpness", attrs.get("lradvisor.lambda_max"), 0)
     add("eos_lr", attrs.get("lradvisor.eos_lr"), 0)
     scale = lr * lr if lr and attrs.get("lradvisor.identity_holds") else None
+    # Beyond the bound the formula is the diverging quadratic model (values like 1e40):
+    # no prediction is logged there, and the tag says so.
+    predicts = _below_bound(trial, lr)
+    kinds = ((3, "observed"), (4, "predicted")) if predicts else ((3, "observed"),)
     for entry in attrs.get("lradvisor.drift_history") or []:
         step = entry[0]
         add("drift_observed", entry[1], step)
-        add("drift_predicted", entry[2], step)
-        for index, name in ((3, "observed"), (4, "predicted")):
+        if predicts:
+            add("drift_predicted", entry[2], step)
+        for index, name in kinds:
             by_law = entry[index] if len(entry) > index and entry[index] else {}
             for law, value in by_law.items():
                 add(metric_key(f"drift_{name}", law), value, step)
@@ -163,7 +173,7 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
     observed, predicted = final_drift(trial)
     for law, value in observed.items():
         add(metric_key("final_drift", law), value, last)
-    for law, value in (predicted or {}).items():
+    for law, value in (predicted or {}).items() if predicts else ():
         add(metric_key("final_predicted_drift", law), value, last)
     add("final_train_loss", attrs.get("lradvisor.final_train_loss"), last)
     add("final_val_loss", attrs.get("lradvisor.final_val_loss"), last)
@@ -181,6 +191,9 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
         "optuna.trial_number": str(trial.number),
         "optuna.state": trial.state.name,
         "lradvisor.regime": regime,
+        "lradvisor.prediction": "logged"
+        if predicts
+        else "none: lr at or beyond the trial's bound 2/sharpness (or no bound measured)",
     }
     if attrs.get("lradvisor.prune_reason"):
         tags["lradvisor.prune_reason"] = str(attrs["lradvisor.prune_reason"])
@@ -200,15 +213,24 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
     }
 
 
+def _below_bound(trial: FrozenTrial, lr: float | None, fraction: float = 1.0) -> bool:
+    eos = _finite(trial.user_attrs.get("lradvisor.eos_lr"))
+    return lr is not None and eos is not None and lr < fraction * eos
+
+
 def prediction_pairs(trials: Iterable[FrozenTrial]) -> list[tuple[float, float, float]]:
-    """``(lr, observed, predicted)`` summed over laws at each trial's last step (both finite)."""
+    """``(lr, observed, predicted)`` summed over laws at each trial's last step.
+
+    Finished trials below their stability bound only (lr < 2/λ_max(θ₀)): beyond it the
+    spectral formula is the diverging quadratic model and predicts nothing (THEORY.md §6).
+    """
     pairs = []
     for trial in trials:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         lr = _finite(trial.params.get("lr", trial.user_attrs.get("lradvisor.lr")))
         observed, predicted = final_drift(trial)
-        if lr is None or not observed or not predicted:
+        if not _below_bound(trial, lr) or not observed or not predicted:
             continue
         obs = [_finite(v) for v in observed.values()]
         pred = [_finite(predicted.get(law)) for law in observed]
@@ -234,23 +256,8 @@ def summary_payload(
     template = study.user_attrs.get("lradvisor.template_architecture")
     group = next((g for g in groups if g.architecture == template), groups[0] if groups else None)
     pairs = prediction_pairs(trials)
-    numbers: dict[str, float | None] = {
-        "trials_complete": counts[TrialState.COMPLETE],
-        "trials_pruned": counts[TrialState.PRUNED],
-        "trials_failed": counts[TrialState.FAIL],
-        "alpha_predicted": alpha_predicted,
-        "eos_lr": _finite(advice.get("eos_lr")),
-        "lambda_max": _finite(advice.get("lambda_max")),
-        "recommended_lr": _finite(advice.get("recommended_lr")),
-    }
-    if complete:
-        best = (
-            min(complete, key=lambda t: t.value)
-            if study.direction.name == "MINIMIZE"
-            else (max(complete, key=lambda t: t.value))
-        )
-        numbers["best_value"] = _finite(best.value)
-        numbers["best_lr"] = _finite(best.params.get("lr"))
+    # MLflow lists a run's metrics in the order they were logged: theory vs practice first.
+    numbers: dict[str, float | None] = {}
     if group is not None:
         numbers.update(
             alpha_fitted=group.alpha,
@@ -258,19 +265,46 @@ def summary_payload(
             alpha_ci_high=group.alpha_ci[1],
             alpha_r2=group.r2,
         )
+    # advise()'s α is predicted over rates below half the bound: fit the same range too.
+    calm = [t for t in complete if _below_bound(t, _finite(t.params.get("lr")), 0.5)]
+    calm_group = next(
+        (g for g in alpha_by_architecture(calm) if group and g.architecture == group.architecture),
+        None,
+    )
+    if calm_group is not None:
+        numbers.update(
+            alpha_fitted_below_half_bound=calm_group.alpha,
+            alpha_below_half_bound_ci_low=calm_group.alpha_ci[0],
+            alpha_below_half_bound_ci_high=calm_group.alpha_ci[1],
+        )
+    numbers["alpha_predicted"] = alpha_predicted
     if pairs:
         observed = np.abs([p[1] for p in pairs])
         predicted = np.abs([p[2] for p in pairs])
-        relative = np.abs(predicted - observed) / observed
-        numbers["drift_median_relative_error"] = float(np.median(relative))
-        numbers["drift_pairs"] = len(pairs)
         if len(pairs) >= 3 and np.ptp(np.log(observed)) > 0 and np.ptp(np.log(predicted)) > 0:
             numbers["drift_correlation"] = float(
                 np.corrcoef(np.log(observed), np.log(predicted))[0, 1]
             )
+        numbers["drift_median_relative_error"] = float(
+            np.median(np.abs(predicted - observed) / observed)
+        )
+        numbers["drift_pairs"] = len(pairs)
+    # advise() on the template: full data, the template's first seed. Each trial run has its
+    # own `sharpness` / `eos_lr`, measured by its TrialMonitor on a subsample and its seed.
+    numbers["template_eos_lr"] = _finite(advice.get("eos_lr"))
+    numbers["template_lambda_max"] = _finite(advice.get("lambda_max"))
+    numbers["template_recommended_lr"] = _finite(advice.get("recommended_lr"))
     tau = advice.get("tau") or {}
     for key in ("a", "b", "r2"):
         numbers[f"tau_{key}"] = _finite(tau.get(key))
+    if complete:
+        better = min if study.direction.name == "MINIMIZE" else max
+        best = better(complete, key=lambda t: t.value)
+        numbers["best_value"] = _finite(best.value)
+        numbers["best_lr"] = _finite(best.params.get("lr"))
+    numbers["trials_complete"] = counts[TrialState.COMPLETE]
+    numbers["trials_pruned"] = counts[TrialState.PRUNED]
+    numbers["trials_failed"] = counts[TrialState.FAIL]
     metrics = [[k, float(v), 0] for k, v in numbers.items() if _finite(v) is not None]
     figures = _figures(complete, pairs, group, alpha_predicted, advice)
     tags = {
@@ -338,7 +372,7 @@ def _figures(complete, pairs, group, alpha_predicted, advice) -> dict[str, dict]
             )
         vlines = []
         if _finite(advice.get("eos_lr")):
-            vlines.append({"x": float(advice["eos_lr"]), "label": "EoS bound 2/λ_max(θ₀)"})
+            vlines.append({"x": float(advice["eos_lr"]), "label": "template's bound 2/λ_max(θ₀)"})
         figures["drift_vs_lr"] = {
             "title": f"drift vs learning rate ({group.architecture or 'lr only'}, law {group.law})",
             "xlabel": "learning rate η",
