@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from lradvisor.config import load_config, parse_config
-from lradvisor.errors import ConfigError
+from lradvisor.errors import ConfigError, LRAdvisorError
 
 
 def test_example_e5_is_the_headline_setup():
@@ -36,7 +36,17 @@ def test_example_e5_is_the_headline_setup():
         ({"model": {"hidden": [8]}, "data": {"source": "sklearn"}}, "data.name", "digits"),
         ({"model": {"hidden": [8]}, "trainng": {}}, "trainng", "a known field"),
         ({"model": {"hidden": [0]}}, "model.hidden.0", "greater than 0"),
-        ({"model": {"hidden": [8]}, "training": {"loss": "hinge"}}, "training.loss", "ce or mse"),
+        (
+            {"model": {"hidden": [8]}, "training": {"loss": "hinge"}},
+            "training.loss",
+            "ce, mse or mix",
+        ),
+        ({"model": {"hidden": [8]}, "training": {"loss": "mix"}}, "training.ce_weight", "[0, 1]"),
+        (
+            {"model": {"hidden": [8]}, "training": {"ce_weight": 0.5}},
+            "training.ce_weight",
+            "loss: mix",
+        ),
     ],
 )
 def test_bad_fields_name_file_field_and_expectation(raw, field, expected):
@@ -69,3 +79,12 @@ def test_relative_data_path_is_read_next_to_the_model_file(tmp_path):
         yaml.safe_dump({"model": {"hidden": [8]}, "data": {"source": "file", "path": "d.npz"}})
     )
     assert load_config(cfg).data.path == "d.npz"
+
+
+def test_the_mixed_loss_is_refused_where_it_is_not_implemented():
+    config = parse_config(
+        {"model": {"hidden": [8]}, "training": {"loss": "mix", "ce_weight": 0.25}}, file="m.yaml"
+    )
+    assert config.training.loss_weights == (0.25, 0.75)
+    with pytest.raises(LRAdvisorError, match="not supported by lradvisor suggest"):
+        config.training.require_plain_loss("lradvisor suggest")

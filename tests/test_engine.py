@@ -70,6 +70,39 @@ def test_biased_nets_bias_aware_law_holds_and_bias_free_formula_drifts_at_order_
     assert 5 < ratio < 20
 
 
+@pytest.mark.parametrize("ce_weight", [0.2, 0.5, 0.8])
+def test_identity_holds_to_round_off_with_the_mixed_loss(ce_weight):
+    config = make_config(
+        model={"hidden": [16, 12]},
+        training={"loss": "mix", "ce_weight": ce_weight, "steps": 300},
+        sweep={"lrs": [0.003, 0.03, 0.3], "seeds": [1, 2]},
+    )
+    result = run_sweep(config)
+    assert not result.diverged.any()
+    assert (np.abs(result.drift_direct) > 1e-8).all()
+    _assert_identity(result)
+
+
+@pytest.mark.parametrize(("ce_weight", "plain"), [(1.0, "ce"), (0.0, "mse")])
+def test_mixed_loss_at_the_end_points_is_ce_or_mse_exactly(ce_weight, plain):
+    mixed = run_sweep(make_config(training={"loss": "mix", "ce_weight": ce_weight}))
+    reference = run_sweep(make_config(training={"loss": plain}))
+    np.testing.assert_array_equal(mixed.drift_identity, reference.drift_identity)
+    np.testing.assert_array_equal(mixed.final_loss, reference.final_loss)
+
+
+def test_mixed_loss_is_a_weighted_sum_of_ce_and_mse():
+    sweeps = {
+        w: run_sweep(make_config(training={"loss": "mix", "ce_weight": w, "steps": 1}))
+        for w in (0.0, 0.4, 1.0)
+    }
+    np.testing.assert_allclose(
+        sweeps[0.4].initial_loss,
+        0.4 * sweeps[1.0].initial_loss + 0.6 * sweeps[0.0].initial_loss,
+        rtol=1e-12,
+    )
+
+
 def test_gradient_flow_limit_drift_falls_linearly_in_eta_at_fixed_eta_t():
     config = make_config(training={"loss": "mse"}, sweep={"seeds": [1, 2]})
     lrs = [1e-2, 1e-3, 1e-4]

@@ -23,6 +23,7 @@ RTOL = 1e-6
         {"training": {"momentum": 0.9, "weight_decay": 1e-3}},
         {"model": {"activation": "leaky_relu", "negative_slope": 0.1}},
         {"data": {"source": "sklearn", "name": "iris"}, "training": {"batch_size": 32}},
+        {"training": {"loss": "mix", "ce_weight": 0.3}},
     ],
     ids=[
         "ce-full",
@@ -32,6 +33,7 @@ RTOL = 1e-6
         "momentum-wd",
         "leaky",
         "iris-minibatch",
+        "mixed-loss",
     ],
 )
 def test_batched_engine_matches_the_reference_loop(sections):

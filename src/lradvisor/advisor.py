@@ -461,6 +461,7 @@ def advise(
     config: ModelConfig, *, probe: bool = False, progress: ProgressCallback | None = None
 ) -> Advice:
     """Measure the model at init, probe briefly around the stability bound, and advise."""
+    config.training.require_plain_loss("lradvisor suggest")
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lradvisor.errors import ConfigError, LRAdvisorError
 
 ACTIVATIONS = ("relu", "leaky_relu", "identity")
-LOSSES = ("ce", "mse")
+LOSSES = ("ce", "mse", "mix")
 OPTIMIZERS = ("sgd", "adam")
 DATA_SOURCES = ("gaussian_mixture", "sklearn", "file")
 SKLEARN_SETS = ("digits", "wine", "breast_cancer", "iris")
@@ -124,9 +124,15 @@ class DataSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """How every trial trains: loss, optimiser, batch, steps, precision, device."""
+    """How every trial trains: loss, optimiser, batch, steps, precision, device.
 
-    loss: Literal["ce", "mse"] = "ce"
+    ``loss: mix`` is (1 − w)·MSE + w·CE with w = ``ce_weight`` (the paper's E12 loss
+    interpolation); it is implemented by the batched MLP engine, its reference loop and the
+    dense Hessian, and refused elsewhere.
+    """
+
+    loss: Literal["ce", "mse", "mix"] = "ce"
+    ce_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
@@ -136,9 +142,34 @@ class TrainingSpec(_Strict):
     device: str = "cpu"
     divergence_factor: Annotated[float, Field(gt=1.0)] = 1e3
 
+    @model_validator(mode="after")
+    def _mixed_loss(self) -> TrainingSpec:
+        if self.loss == "mix" and self.ce_weight is None:
+            raise ValueError(
+                "training.ce_weight: the weight w in [0, 1] of the mixed loss (1 − w)·MSE + w·CE"
+            )
+        if self.loss != "mix" and self.ce_weight is not None:
+            raise ValueError("training.ce_weight: a field of the mixed loss (loss: mix) only")
+        return self
+
     @property
     def full_batch(self) -> bool:
         return self.batch_size is None
+
+    @property
+    def loss_weights(self) -> tuple[float, float]:
+        """(CE weight, MSE weight) of the training loss: (1, 0) for CE, (0, 1) for MSE."""
+        if self.loss == "mix":
+            return float(self.ce_weight), 1.0 - float(self.ce_weight)
+        return (1.0, 0.0) if self.loss == "ce" else (0.0, 1.0)
+
+    def require_plain_loss(self, where: str) -> None:
+        """Raise when the mixed loss reaches code that implements CE and MSE only."""
+        if self.loss == "mix":
+            raise LRAdvisorError(
+                f"the mixed loss (training.loss: mix) is not supported by {where}; "
+                "it runs on the built-in MLP engine (lradvisor sweep) only"
+            )
 
 
 class SweepSpec(_Strict):

@@ -95,6 +95,7 @@ def predict_imbalance_sum(
             negative_slope=config.model.negative_slope,
             loss=config.training.loss,
             has_bias=config.model.bias,
+            ce_weight=config.training.ce_weight,
         )
         spectrum = dense_spectrum(loss_fn, theta)
         gradient = flat_gradient(loss_fn, theta)

@@ -250,6 +250,7 @@ def range_test(
     46-iteration test 250× slower (4.4 s against 0.017 s), every kernel waiting at a barrier
     for a descheduled thread.
     """
+    config.training.require_plain_loss("the learning-rate range test")
     _check_schedule(start_lr, end_lr, num_iter)
     if threads < 1:
         raise LRAdvisorError(f"threads must be at least 1, but got {threads!r}.")

@@ -159,7 +159,8 @@ def _relative_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / abs(measured)
 
 
-def _fit(result: SweepResult, law: int) -> PowerLawFit | None:
+def fit_drift(result: SweepResult, law: int = 0) -> PowerLawFit | None:
+    """α of one law's drift over the sweep's η (None with fewer than 3 usable η)."""
     lrs, table = result.grid(np.abs(result.drift(law)))
     usable = np.isfinite(table).any(axis=1) & (np.nan_to_num(table, nan=0.0) > 0).any(axis=1)
     if usable.sum() < 3:
@@ -178,7 +179,7 @@ def run(
 ) -> SweepReport:
     """Run the sweep, fit α per law, and predict S(η) from the Hessian at init when small enough."""
     result = run_trials(config, lrs=lrs, seeds=seeds, steps=steps, progress=progress)
-    fits = [_fit(result, law) for law in range(len(result.law_names))]
+    fits = [fit_drift(result, law) for law in range(len(result.law_names))]
     prediction, note = None, "spectral prediction skipped (--no-predict)"
     if predict:
         prediction, note = _predict(result)

@@ -268,20 +268,47 @@ def _forward(
     raise AssertionError("unreachable")
 
 
-def _output_grad(out: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Gradient of the per-trial mean loss with respect to the outputs (classes × samples)."""
-    if loss == "ce":
-        return (torch.softmax(out, dim=-2) - target) / out.shape[-1]
-    return (out - target) * (2.0 / (out.shape[-1] * out.shape[-2]))
+def _output_grad(
+    out: torch.Tensor, target: torch.Tensor, loss_weights: tuple[float, float]
+) -> torch.Tensor:
+    """Gradient of the per-trial mean loss with respect to the outputs (classes × samples).
+
+    ``loss_weights`` = (CE weight, MSE weight): (1, 0) is CE, (0, 1) MSE, anything else the
+    mixed loss (``TrainingSpec.loss_weights``).
+    """
+    ce, mse = loss_weights
+    grad = None
+    if ce:
+        grad = (torch.softmax(out, dim=-2) - target) / out.shape[-1]
+        if ce != 1.0:
+            grad = grad * ce
+    if mse:
+        squared = (out - target) * (2.0 * mse / (out.shape[-1] * out.shape[-2]))
+        grad = squared if grad is None else grad + squared
+    return grad
 
 
-def exact_loss(out: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-trial mean loss (CE by log-sum-exp, accurate near zero); outputs classes × samples."""
-    if loss == "ce":
+def exact_loss(
+    out: torch.Tensor, target: torch.Tensor, loss_weights: tuple[float, float]
+) -> torch.Tensor:
+    """Per-trial mean loss (CE by log-sum-exp, accurate near zero); outputs classes × samples.
+
+    ``loss_weights`` = (CE weight, MSE weight), as for :func:`_output_grad`.
+    """
+    ce, mse = loss_weights
+    total = None
+    if ce:
         lse = out.logsumexp(-2)
-        return (lse - (out * target).sum(-2)).mean(-1)
-    diff = out - target
-    return (diff * diff).mean((-1, -2))
+        total = (lse - (out * target).sum(-2)).mean(-1)
+        if ce != 1.0:
+            total = total * ce
+    if mse:
+        diff = out - target
+        squared = (diff * diff).mean((-1, -2))
+        if mse != 1.0:
+            squared = squared * mse
+        total = squared if total is None else total + squared
+    return total
 
 
 def _weight_grad(delta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -527,6 +554,7 @@ def _train(
 ) -> dict:
     observe = observe or Observables()
     steps = config.training.steps
+    loss_weights = config.training.loss_weights
     act = _Activation(config.model.activation, config.model.negative_slope)
     lrs = torch.tensor(trial_lrs, dtype=dtype, device=device)
     optimizer = _Optimizer(config, lrs)
@@ -560,14 +588,14 @@ def _train(
             previous_pattern = pattern if t in record_slot else None
         XT, target = batch.at(t)
         out, inputs, pre = _forward(state, XT, act)
-        d_out = _output_grad(out, target, config.training.loss)
+        d_out = _output_grad(out, target, loss_weights)
         if initial_loss is None:
-            initial_loss = exact_loss(out, target, config.training.loss).to(torch.float64)
+            initial_loss = exact_loss(out, target, loss_weights).to(torch.float64)
             limit = factor * initial_loss.clamp_min(1e-12)
         if t in record_slot:
             # The loss is only needed here: divergence is detected on the history grid
             # (every steps/history_points steps), which saves ~10 small ops per step.
-            loss = exact_loss(out, target, config.training.loss)
+            loss = exact_loss(out, target, loss_weights)
             ok = torch.isfinite(loss) & (loss <= limit)
             diverged_step = torch.where(alive & ~ok, t, diverged_step)
             alive = alive & ok
@@ -581,7 +609,7 @@ def _train(
         if progress is not None and (t + 1) % report_every == 0:
             progress(t + 1, steps)
     final_out, _, _ = _forward(state, batch.XT, act)
-    final_loss = exact_loss(final_out, batch.targetT, config.training.loss)
+    final_loss = exact_loss(final_out, batch.targetT, loss_weights)
     ok = torch.isfinite(final_loss) & (final_loss <= limit)
     diverged_step = torch.where(alive & ~ok, steps, diverged_step)
     alive = alive & ok
@@ -655,7 +683,7 @@ def _validation_loss(
         X, y = X[trial_data], y[trial_data]
     target = torch.nn.functional.one_hot(y, datasets[0].classes).to(dtype).transpose(-1, -2)
     out, _, _ = _forward(state, X.transpose(-1, -2), act)
-    loss = exact_loss(out, target, config.training.loss)
+    loss = exact_loss(out, target, config.training.loss_weights)
     return torch.where(alive, loss.to(torch.float64), float("nan"))
 
 

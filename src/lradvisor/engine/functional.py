@@ -206,6 +206,7 @@ def run_functional_sweep(
         any law still trains (loss, divergence); ``law_names`` is then empty and the law
         arrays have zero columns. Dropout draws a different mask per trial.
     """
+    config.training.require_plain_loss("the factory-model engine")
     started = time.perf_counter()
     grid = trial_setup(config, lrs=lrs, seeds=seeds, steps=steps)
     config, trial_lrs, trial_seeds = grid.config, grid.lrs, grid.seeds

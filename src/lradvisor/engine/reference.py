@@ -30,10 +30,18 @@ class ReferenceTrial:
     diverged: bool
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor, kind: str, classes: int) -> torch.Tensor:
-    if kind == "ce":
-        return nn.functional.cross_entropy(out, y)
-    return nn.functional.mse_loss(out, nn.functional.one_hot(y, classes).to(out.dtype))
+def _loss(
+    out: torch.Tensor, y: torch.Tensor, loss_weights: tuple[float, float], classes: int
+) -> torch.Tensor:
+    """(CE weight)·cross-entropy + (MSE weight)·squared error on one-hot targets."""
+    ce, mse = loss_weights
+    total = 0.0
+    if ce:
+        total = total + ce * nn.functional.cross_entropy(out, y)
+    if mse:
+        target = nn.functional.one_hot(y, classes).to(out.dtype)
+        total = total + mse * nn.functional.mse_loss(out, target)
+    return total
 
 
 def _optimizer(config: ModelConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -62,7 +70,7 @@ def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceT
     for t in range(steps):
         xb, yb = (X, y) if schedule is None else (X[schedule[t]], y[schedule[t]])
         optimizer.zero_grad(set_to_none=True)
-        loss = _loss(model(xb), yb, config.training.loss, data.classes)
+        loss = _loss(model(xb), yb, config.training.loss_weights, data.classes)
         value = float(loss.detach())
         initial_loss = value if initial_loss is None else initial_loss
         if not np.isfinite(value) or value > config.training.divergence_factor * max(
@@ -74,7 +82,7 @@ def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceT
         monitor.observe()
         optimizer.step()
     with torch.no_grad():
-        final = float(_loss(model(X), y, config.training.loss, data.classes))
+        final = float(_loss(model(X), y, config.training.loss_weights, data.classes))
     laws = [law for law in monitor.report() if law.bias_aware or not config.model.bias]
     return ReferenceTrial(
         lr=lr,

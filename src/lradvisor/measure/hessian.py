@@ -26,8 +26,11 @@ def mlp_loss_function(
     negative_slope: float,
     loss: str,
     has_bias: bool,
+    ce_weight: float | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Full-batch loss of an MLP as a function of one flat parameter vector.
+
+    ``loss`` is "ce", "mse" or "mix" ((1 − w)·MSE + w·CE with w = ``ce_weight``).
 
     The flat layout is every weight (out × in, row-major) in layer order, then every bias.
     """
@@ -54,6 +57,11 @@ def mlp_loss_function(
                 h = act(h)
         if loss == "ce":
             return torch.nn.functional.cross_entropy(h, y)
+        if loss == "mix":
+            return (
+                ce_weight * torch.nn.functional.cross_entropy(h, y)
+                + (1.0 - ce_weight) * ((h - target) ** 2).mean()
+            )
         return ((h - target) ** 2).mean()
 
     return f

@@ -12,6 +12,7 @@ from lradvisor.theory.coefficients import (
     spectrum_correlation,
 )
 from lradvisor.theory.fits import (
+    additive_interaction,
     e_folding_time,
     eos_by_width,
     fit_decay_timescale,
@@ -30,6 +31,7 @@ from lradvisor.theory.spectral import (
 )
 
 __all__ = [
+    "additive_interaction",
     "crossover_rates",
     "e_folding_time",
     "eos_by_width",

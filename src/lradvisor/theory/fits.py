@@ -300,3 +300,28 @@ def local_slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         log_y = np.log(np.where(values > 0, values, np.nan))
     return np.diff(log_y) / np.diff(np.log(grid))
+
+
+def additive_interaction(table: np.ndarray) -> float:
+    """RMS residual of the best additive (row + column) model of a two-way table.
+
+    .. math::
+
+        a_{ij} \\approx \\mu + r_i + c_j, \\qquad
+        \\text{RMS} = \\sqrt{\\tfrac{1}{IJ} \\sum_{ij}
+            (a_{ij} - \\bar a_{i\\cdot} - \\bar a_{\\cdot j} + \\bar a_{\\cdot\\cdot})^2}
+
+    with a = ``table`` (shape I × J, I, J ≥ 2), e.g. α over activation ε × loss ε (E12).
+
+    Returns:
+        0 when the two factors' effects add exactly; larger the more they interact.
+
+    .. note::
+        The least-squares additive fit of a complete two-way table is the row mean plus the
+        column mean minus the grand mean; the residual is the interaction term.
+    """
+    a = _checks.finite_array("table", table, ndim=2)
+    if min(a.shape) < 2:
+        raise LRAdvisorError(f"table must be at least 2 × 2, but got shape {a.shape}.")
+    residual = a - a.mean(axis=1, keepdims=True) - a.mean(axis=0, keepdims=True) + a.mean()
+    return float(np.sqrt((residual**2).mean()))
