@@ -347,5 +347,78 @@ def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> 
         sys.exit(1)
 
 
+@main.command()
+@click.argument("ids", nargs=-1)
+@click.option("--quick", is_flag=True, help="Fewer seeds, steps and grid points (CI); says so.")
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every experiment's verdict, claims and measured values here ('-' for stdout).",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a markdown report (table and figures) here, PNGs in a folder beside it.",
+)
+@click.option(
+    "--studies",
+    "studies_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of study files (default: the repository's studies/).",
+)
+@_tracking_options
+@_friendly
+def reproduce(
+    ids: tuple[str, ...],
+    quick: bool,
+    json_file: Path | None,
+    report_file: Path | None,
+    studies_dir: Path | None,
+    tracking_uri: str | None,
+    no_mlflow: bool,
+) -> None:
+    """Run the paper's experiments (E5 E7 … or all) and judge their published claims."""
+    from tqdm import tqdm
+
+    from lradvisor.studies.paper.reproduce import UNITS_PER_EXPERIMENT as UNITS
+    from lradvisor.studies.paper.reproduce import render_table
+    from lradvisor.studies.paper.reproduce import reproduce as run_reproduce
+
+    bar = None
+
+    def progress(done: int, total: int, label: str) -> None:
+        # the bar counts experiments, in fractions
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total // UNITS, file=sys.stderr, disable=None, leave=False, unit="exp")
+        bar.set_description(label, refresh=False)
+        bar.update(done / UNITS - bar.n)
+
+    try:
+        result = run_reproduce(
+            ids or "all", quick=quick, progress=progress, studies_dir=studies_dir
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not no_mlflow:
+        from lradvisor.integrations.mlflow import log_replication
+
+        log_replication(result.as_dict(), tracking_uri=tracking_uri)
+    if json_file is not None and str(json_file) == "-":
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    click.echo(render_table(result))
+    if json_file is not None:
+        json_file.write_text(json.dumps(result.as_dict(), indent=2))
+        click.echo(f"wrote {json_file}")
+    if report_file is not None:
+        from lradvisor.studies.paper.report import write_report
+
+        click.echo(f"wrote {write_report(result, report_file)}")
+
+
 if __name__ == "__main__":
     main()

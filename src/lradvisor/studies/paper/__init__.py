@@ -1,0 +1,1 @@
+"""The paper's 23 experiments (``studies/E*.yaml``) and ``lradvisor reproduce``."""

@@ -1,0 +1,270 @@
+"""Study files of the paper's experiments (``studies/E*.yaml``): load, validate, find.
+
+A study file is plain data (``studies/README.md``): ``id``, ``name``, ``kind``, ``protocol``,
+an optional ``quick`` mapping merged over the protocol by ``--quick`` (top-level keys
+replaced), ``claims`` (the published claims as checks on the kind's measured values) and an
+optional ``notes`` text (protocol choices the paper leaves open, stated once).
+Every problem is one :class:`~lradvisor.errors.ConfigError` naming file, field, expectation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lradvisor.config import read_yaml
+from lradvisor.errors import ConfigError, LRAdvisorError
+
+CHECKS = (
+    "approx",
+    "greater",
+    "less",
+    "between",
+    "increasing",
+    "decreasing",
+    "constant",
+    "qualitative",
+)
+_TOP_LEVEL = ("id", "name", "kind", "protocol", "quick", "claims", "notes")
+_CLAIM_FIELDS = (
+    "id",
+    "published",
+    "metric",
+    "check",
+    "value",
+    "tolerance",
+    "factor",
+    "explanation",
+)
+_ID = re.compile(r"^[Ee]0*(\d+)$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One published claim, checked against ``Outcome.values[metric]``.
+
+    ``value``: the number (approx, greater, less; a list for an element-wise approx), or
+    ``[low, high]`` (between). ``tolerance``: absolute slack (approx, constant, and the
+    allowed step against the trend for increasing/decreasing); ``factor`` (> 1): a
+    multiplicative tolerance instead (approx: within value/factor … value·factor;
+    constant: max/min ≤ factor). ``explanation``: why the project expects a failure, shown
+    with the verdict when the claim does not hold.
+    """
+
+    id: str
+    published: str
+    metric: str
+    check: str
+    value: Any = None
+    tolerance: float | None = None
+    factor: float | None = None
+    explanation: str | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One study file, validated."""
+
+    id: str
+    name: str
+    kind: str
+    protocol: dict[str, Any]
+    quick: dict[str, Any]
+    claims: tuple[Claim, ...]
+    notes: str
+    file: str
+
+    def protocol_for(self, *, quick: bool) -> dict[str, Any]:
+        """The protocol to run: with ``quick`` the quick mapping replaces top-level keys."""
+        return {**self.protocol, **self.quick} if quick else dict(self.protocol)
+
+    @property
+    def number(self) -> int:
+        return int(self.id[1:])
+
+
+def canonical_id(text: str) -> str:
+    """'e5', 'E05' → 'E5'; anything else is an error naming the expected form."""
+    match = _ID.match(str(text).strip())
+    if match is None:
+        raise LRAdvisorError(f"experiment ids look like E5 or E05 (E1 … E23), but got {text!r}.")
+    return f"E{int(match.group(1))}"
+
+
+def default_studies_dir() -> Path:
+    """The repository's ``studies/`` folder (src layout: two levels above the package)."""
+    import lradvisor
+
+    return Path(lradvisor.__file__).resolve().parents[2] / "studies"
+
+
+def study_files(studies_dir: str | Path | None = None) -> list[Path]:
+    """Every ``E*.yaml`` of the folder, in experiment order."""
+    folder = Path(studies_dir) if studies_dir is not None else default_studies_dir()
+    if not folder.is_dir():
+        raise ConfigError(str(folder), "--studies", "a folder of study files (E01.yaml … E23.yaml)")
+    files = [path for path in folder.glob("E*.yaml") if _ID.match(path.stem)]
+    return sorted(files, key=lambda path: int(_ID.match(path.stem).group(1)))
+
+
+def find_experiments(
+    ids: Iterable[str] | str,
+    *,
+    studies_dir: str | Path | None = None,
+    kinds: Iterable[str] | None = None,
+) -> list[Experiment]:
+    """Load the experiments named by ``ids`` (``"all"`` for every study file), in that order."""
+    files = study_files(studies_dir)
+    by_id = {canonical_id(path.stem): path for path in files}
+    if isinstance(ids, str):
+        ids = [ids]
+    ids = list(ids)
+    if not ids or [str(i).lower() for i in ids] == ["all"]:
+        wanted = list(by_id)
+    else:
+        wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
+    missing = [i for i in wanted if i not in by_id]
+    if missing:
+        folder = files[0].parent if files else (studies_dir or default_studies_dir())
+        raise LRAdvisorError(
+            f"no study file for {', '.join(missing)} in {folder} "
+            f"(known: {', '.join(by_id) or 'none'})."
+        )
+    return [load_experiment(by_id[i], kinds=kinds) for i in wanted]
+
+
+def load_experiment(path: str | Path, *, kinds: Iterable[str] | None = None) -> Experiment:
+    """Read and validate one study file; ``kinds`` (when given) are the registered kinds."""
+    return parse_experiment(read_yaml(path), file=str(path), kinds=kinds)
+
+
+def parse_experiment(
+    raw: object, *, file: str = "<memory>", kinds: Iterable[str] | None = None
+) -> Experiment:
+    """Validate an already-loaded study mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "<root>", "a YAML mapping with id, name, kind, protocol, claims")
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(file, str(key), f"a known field ({', '.join(_TOP_LEVEL)})")
+    experiment_id = _required(raw, "id", file)
+    try:
+        experiment_id = canonical_id(experiment_id)
+    except LRAdvisorError:
+        raise ConfigError(file, "id", "an id like E5", raw["id"]) from None
+    stem = Path(file).stem
+    if _ID.match(stem) and canonical_id(stem) != experiment_id:
+        raise ConfigError(file, "id", f"{canonical_id(stem)} (the file's name)", raw["id"])
+    name = _string(raw, "name", file)
+    kind = _string(raw, "kind", file)
+    known = None if kinds is None else sorted(kinds)
+    if known is not None and kind not in known:
+        raise ConfigError(file, "kind", f"a registered kind ({', '.join(known)})", kind)
+    protocol = _mapping(raw, "protocol", file, required=True)
+    quick = _mapping(raw, "quick", file, required=False)
+    claims_raw = raw.get("claims")
+    if not isinstance(claims_raw, list) or not claims_raw:
+        raise ConfigError(file, "claims", "a non-empty list of claims", claims_raw)
+    claims = tuple(_claim(item, f"claims.{i}", file) for i, item in enumerate(claims_raw))
+    seen = [claim.id for claim in claims]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(file, "claims", "distinct claim ids", seen)
+    notes = raw.get("notes") or ""
+    if not isinstance(notes, str):
+        raise ConfigError(file, "notes", "a text", notes)
+    return Experiment(
+        id=experiment_id,
+        name=name,
+        kind=kind,
+        protocol=protocol,
+        quick=quick,
+        claims=claims,
+        notes=" ".join(notes.split()),
+        file=file,
+    )
+
+
+def _required(raw: dict, key: str, file: str, where: str = "") -> Any:
+    if key not in raw or raw[key] is None:
+        raise ConfigError(file, f"{where}{key}", "this required field")
+    return raw[key]
+
+
+def _string(raw: dict, key: str, file: str, where: str = "") -> str:
+    value = _required(raw, key, file, where)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(file, f"{where}{key}", "a non-empty text", value)
+    return value
+
+
+def _mapping(raw: dict, key: str, file: str, *, required: bool) -> dict:
+    value = raw.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict) or (required and not value):
+        raise ConfigError(file, key, "a mapping", value)
+    return value
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _claim(raw: object, where: str, file: str) -> Claim:
+    if not isinstance(raw, dict):
+        raise ConfigError(file, where, "a mapping with id, published, metric, check", raw)
+    for key in raw:
+        if key not in _CLAIM_FIELDS:
+            raise ConfigError(file, f"{where}.{key}", f"a known field ({', '.join(_CLAIM_FIELDS)})")
+    prefix = f"{where}."
+    claim = Claim(
+        id=str(_required(raw, "id", file, prefix)),
+        published=_string(raw, "published", file, prefix),
+        metric=_string(raw, "metric", file, prefix),
+        check=_string(raw, "check", file, prefix),
+        value=raw.get("value"),
+        tolerance=raw.get("tolerance"),
+        factor=raw.get("factor"),
+        explanation=raw.get("explanation"),
+    )
+    if claim.check not in CHECKS:
+        raise ConfigError(file, f"{prefix}check", f"one of {', '.join(CHECKS)}", claim.check)
+    _check_bounds(claim, prefix, file)
+    return claim
+
+
+def _check_bounds(claim: Claim, prefix: str, file: str) -> None:
+    """The value/tolerance/factor fields each check needs, and nothing it would ignore."""
+    check, value = claim.check, claim.value
+    if claim.tolerance is not None and (not _number(claim.tolerance) or claim.tolerance < 0):
+        raise ConfigError(file, f"{prefix}tolerance", "a number ≥ 0", claim.tolerance)
+    if claim.factor is not None and (not _number(claim.factor) or claim.factor <= 1):
+        raise ConfigError(file, f"{prefix}factor", "a number > 1", claim.factor)
+    if check in ("approx", "constant") and (claim.tolerance is None) == (claim.factor is None):
+        raise ConfigError(
+            file, f"{prefix}tolerance", f"exactly one of tolerance or factor ({check})"
+        )
+    if check == "approx":
+        numbers = value if isinstance(value, list) else [value]
+        if not numbers or not all(_number(v) for v in numbers):
+            raise ConfigError(file, f"{prefix}value", "a number or a list of numbers", value)
+    elif check in ("greater", "less"):
+        if not _number(value):
+            raise ConfigError(file, f"{prefix}value", "a number", value)
+    elif check == "between":
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_number(v) for v in value)
+            and value[0] < value[1]
+        ):
+            raise ConfigError(file, f"{prefix}value", "[low, high] with low < high", value)
+    elif value is not None:
+        raise ConfigError(file, f"{prefix}value", f"no value for a {check} check", value)
+    if check in ("greater", "less", "between", "qualitative") and claim.tolerance is not None:
+        raise ConfigError(file, f"{prefix}tolerance", f"no tolerance for a {check} check")
+    if check not in ("approx", "constant") and claim.factor is not None:
+        raise ConfigError(file, f"{prefix}factor", f"no factor for a {check} check")
