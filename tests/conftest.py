@@ -14,6 +14,15 @@ def _threads() -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (two threads thrash on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _mlflow_outside_the_repository(tmp_path_factory) -> Iterator[None]:
     """Studies log to MLflow by default: keep the store and the spool in a temp folder."""

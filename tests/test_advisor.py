@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from lradvisor.advisor import _curvature, _lambda_max, _modes, advise
 from lradvisor.cli import main
-from lradvisor.measure.hessian import dense_spectrum, mlp_loss_function
+from lradvisor.measure.hessian import config_loss_function, dense_spectrum
 from lradvisor.prediction import _initial_parameters
 
 from conftest import make_config
@@ -19,16 +19,7 @@ from conftest import make_config
 def _dense_lambda_max(config, seed):
     state, shapes, theta = _initial_parameters(config, seed, None)
     data = state.data
-    loss_fn = mlp_loss_function(
-        list(shapes),
-        data.X.double(),
-        data.y,
-        classes=data.classes,
-        activation=config.model.activation,
-        negative_slope=config.model.negative_slope,
-        loss=config.training.loss,
-        has_bias=config.model.bias,
-    )
+    loss_fn = config_loss_function(config, shapes, data)
     return dense_spectrum(loss_fn, theta).lambda_max
 
 

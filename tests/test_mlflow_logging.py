@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -31,11 +30,8 @@ STEPS, REPORT_EVERY = 30, 10
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: one torch thread (see conftest.one_thread)."""
 
 
 @pytest.fixture

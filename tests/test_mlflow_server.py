@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -30,11 +29,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: one torch thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

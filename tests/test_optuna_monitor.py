@@ -118,7 +118,13 @@ def test_prediction_is_exact_after_one_full_batch_step(template, data):
     assert predicted == pytest.approx(observed, rel=EXACT_RTOL)
     assert attrs["lradvisor.drift_ratio"] == pytest.approx(1.0, rel=EXACT_RTOL)
     assert attrs["lradvisor.drift_history"] == [
-        [0, observed, pytest.approx(observed), {"0->2": observed}, {"0->2": pytest.approx(observed)}]
+        [
+            0,
+            observed,
+            pytest.approx(observed),
+            {"0->2": observed},
+            {"0->2": pytest.approx(observed)},
+        ]
     ]
 
 

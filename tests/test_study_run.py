@@ -7,12 +7,10 @@ import pickle
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -30,12 +28,8 @@ from lradvisor.studies.storage import DEFAULT_JOURNAL, OWNER_ATTR, StorageSpec
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (two threads thrash on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: one torch thread (see conftest.one_thread)."""
 
 
 TINY_MODEL = {

@@ -37,7 +37,7 @@ from lradvisor.engine.dispatch import build_model, run_trials
 from lradvisor.engine.models import initial_state
 from lradvisor.errors import LRAdvisorError
 from lradvisor.measure.discovery import discover_pairs
-from lradvisor.measure.hessian import mlp_loss_function
+from lradvisor.measure.hessian import config_loss_function
 from lradvisor.measure.lanczos import hessian_operator, lanczos
 from lradvisor.measure.laws import unit_balance
 from lradvisor.measure.quadrature import spectral_measure
@@ -136,16 +136,7 @@ def _mlp_curvature(
     config: ModelConfig, theta: torch.Tensor, shapes: list, data: Dataset
 ) -> _Curvature:
     """Flat-parameter functional loss of a built-in MLP: HVPs by double backward."""
-    loss_fn = mlp_loss_function(
-        shapes,
-        data.X.to(torch.float64),
-        data.y,
-        classes=data.classes,
-        activation=config.model.activation,
-        negative_slope=config.model.negative_slope,
-        loss=config.training.loss,
-        has_bias=config.model.bias,
-    )
+    loss_fn = config_loss_function(config, shapes, data)
     # One first-order graph, kept: each HVP is then a single backward pass through it.
     theta = theta.detach().clone().requires_grad_(True)
     (graph,) = torch.autograd.grad(loss_fn(theta), theta, create_graph=True)

@@ -382,8 +382,8 @@ def reproduce(
     """Run the paper's experiments (E5 E7 … or all) and judge their published claims."""
     from tqdm import tqdm
 
+    from lradvisor.studies.paper.reproduce import ERROR, render_table
     from lradvisor.studies.paper.reproduce import UNITS_PER_EXPERIMENT as UNITS
-    from lradvisor.studies.paper.reproduce import render_table
     from lradvisor.studies.paper.reproduce import reproduce as run_reproduce
 
     bar = None
@@ -418,6 +418,10 @@ def reproduce(
         from lradvisor.studies.paper.report import write_report
 
         click.echo(f"wrote {write_report(result, report_file)}")
+    failed = [row.id for row in result.rows if row.verdict == ERROR]
+    if failed:  # a claim that does not reproduce is a finding; a crashed experiment is not
+        click.echo(f"lradvisor: error: experiment(s) {', '.join(failed)} could not run", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def plot_advice(advice, path: str | Path) -> Path:
     return path
 
 
-def draw(spec: dict):
+def draw(spec: dict, *, size: tuple[float, float] = (7.0, 4.5)):
     """A matplotlib figure from a figure spec (plain data, so it can be queued as JSON).
 
     ``spec``: ``title``, ``xlabel``, ``ylabel``, optional ``logx`` / ``logy`` and ``vlines``
@@ -71,7 +71,7 @@ def draw(spec: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure, ax = plt.subplots(figsize=size)
     formats = {"line": "-", "points": "o", "fit": "--", "prediction": ":"}
     for series in spec.get("series", []):
         style = series.get("style", "line")
@@ -90,7 +90,8 @@ def draw(spec: dict):
         ax.set_yscale("log")
     ax.set_xlabel(spec.get("xlabel", ""))
     ax.set_ylabel(spec.get("ylabel", ""))
-    ax.set_title(spec.get("title", ""))
+    ax.set_title(spec.get("title", ""), fontsize=10)
+    ax.grid(True, alpha=0.3)
     if any(s.get("label") for s in spec.get("series", [])) or spec.get("vlines"):
         ax.legend(fontsize=8)
     figure.tight_layout()

@@ -16,7 +16,12 @@ import torch
 from lradvisor.config import ModelConfig
 from lradvisor.engine.data import load_shared_dataset
 from lradvisor.engine.models import initial_state
-from lradvisor.measure.hessian import DENSE_LIMIT, dense_spectrum, flat_gradient, mlp_loss_function
+from lradvisor.measure.hessian import (
+    DENSE_LIMIT,
+    config_loss_function,
+    dense_spectrum,
+    flat_gradient,
+)
 from lradvisor.measure.laws import unit_balance
 from lradvisor.theory import eos_learning_rate, gradient_imbalance_sum, mode_coefficients
 
@@ -86,17 +91,7 @@ def predict_imbalance_sum(
                 f"{theta.numel()} parameters: the dense prediction is limited to {DENSE_LIMIT}"
             )
         data = state.data
-        loss_fn = mlp_loss_function(
-            list(shapes),
-            data.X.to(dtype),
-            data.y,
-            classes=data.classes,
-            activation=config.model.activation,
-            negative_slope=config.model.negative_slope,
-            loss=config.training.loss,
-            has_bias=config.model.bias,
-            ce_weight=config.training.ce_weight,
-        )
+        loss_fn = config_loss_function(config, shapes, data, dtype=dtype)
         spectrum = dense_spectrum(loss_fn, theta)
         gradient = flat_gradient(loss_fn, theta)
         deltas = _initial_imbalance(config, shapes, gradient)

@@ -29,11 +29,13 @@ duplicates runs or metric points.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -77,6 +79,9 @@ _BATCH_PARAMS = 100
 # and a study's stdout is its summary, not a "View run" line per trial.
 _ENV_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # MLflow's usage telemetry: a network call per client operation, refused on closed
+    # networks; set MLFLOW_DISABLE_TELEMETRY=false yourself to keep it on.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
@@ -334,15 +339,17 @@ class _Delivery:
     ) -> None:
         from mlflow.entities import Metric, Param
 
-        items = list((params or {}).items())
-        for start in range(0, len(items), _BATCH_PARAMS):
-            chunk = [Param(k, v) for k, v in items[start : start + _BATCH_PARAMS]]
-            self.client.log_batch(run_id, params=chunk, synchronous=True)
         stamp = at or int(time.time() * 1000)
-        entries = [Metric(key, value, stamp, step) for key, value, step in metrics or []]
-        for start in range(0, len(entries), _BATCH_METRICS):
+        params_left = [Param(k, v) for k, v in (params or {}).items()]
+        metrics_left = [Metric(key, value, stamp, step) for key, value, step in metrics or []]
+        # As few requests as MLflow's limits allow: ≤ 100 params and ≤ 1000 entities each.
+        while params_left or metrics_left:
+            chunk_params = params_left[:_BATCH_PARAMS]
+            chunk_metrics = metrics_left[: _BATCH_METRICS - len(chunk_params)]
+            params_left = params_left[len(chunk_params) :]
+            metrics_left = metrics_left[len(chunk_metrics) :]
             self.client.log_batch(
-                run_id, metrics=entries[start : start + _BATCH_METRICS], synchronous=True
+                run_id, metrics=chunk_metrics, params=chunk_params, synchronous=True
             )
 
 
@@ -351,6 +358,7 @@ def sync(
     *,
     tracking_uri: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    _deliveries: dict[str, _Delivery] | None = None,
 ) -> SyncResult:
     """Send every payload kept in ``spool`` (to ``tracking_uri``, or where each was meant).
 
@@ -361,8 +369,11 @@ def sync(
     folder = spool_folder(spool)
     paths = _pending(folder)
     result = SyncResult()
-    deliveries: dict[str, _Delivery] = {}
+    # A caller that flushes often (the uploader) keeps its clients, experiment ids and
+    # parent run ids between flushes; a dead store is probed again on every flush.
+    deliveries = _deliveries if _deliveries is not None else {}
     down: dict[str, str] = {}
+    probed: set[str] = set()
     for index, path in enumerate(paths):
         with _claimed(path) as handle:
             if handle is None:  # sent by another process meanwhile, or being sent
@@ -377,14 +388,16 @@ def sync(
                 result.pending += 1
                 continue
             try:
-                if uri not in deliveries:
-                    delivery = _Delivery(uri)
+                delivery = deliveries.get(uri) or _Delivery(uri)
+                if uri not in probed:
+                    probed.add(uri)
                     problem = delivery.reachable()
                     if problem:
                         raise ConnectionError(problem)
-                    deliveries[uri] = delivery
-                deliveries[uri].send(payload)
+                deliveries[uri] = delivery
+                delivery.send(payload)
             except Exception as exc:  # any failure keeps the payload for the next try
+                deliveries.pop(uri, None)  # cached run ids may be stale after an outage
                 message = str(exc).splitlines()[0][:200] if str(exc) else ""
                 down[uri] = f"{type(exc).__name__}: {message}"
                 result.errors.append(f"{uri}: {down[uri]}")
@@ -400,10 +413,91 @@ def sync(
 # ------------------------------------------------------------------------- the callback
 
 
-class _Uploader:
-    """A daemon thread that flushes the spool after each new payload and on a timer."""
+class _SenderProcess:
+    """``python -m lradvisor.integrations._mlflow_sender``: sends the spool in its own process.
 
-    def __init__(self, spool: Path, tracking_uri: str, warn: Callable[[str], None]) -> None:
+    MLflow's client is pure Python (SQLAlchemy for a local store): run in a thread of the
+    training process, it takes the GIL from the training loop for ~50 ms per trial. In a
+    child process it runs on another core; the thread that asks it to send only waits on a
+    pipe. One JSON line per request and per answer; any trouble with the child and the
+    caller sends in-process instead.
+    """
+
+    _shared: _SenderProcess | None = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> _SenderProcess:
+        """The process's one sender child (started on first use, again if it died).
+
+        Shared by every uploader of the process, like an imported module: a second study
+        in the same process finds it warm.
+        """
+        with cls._shared_lock:
+            if cls._shared is None or not cls._shared.alive():
+                cls._shared = cls()
+                atexit.register(cls._shared.close)
+            return cls._shared
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        with contextlib.suppress(OSError):
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lradvisor.integrations._mlflow_sender"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def request(self, **message: Any) -> dict[str, Any] | None:
+        """The child's answer to ``message``, or None when the child is gone."""
+        with self._lock:
+            if not self.alive():
+                return None
+            try:
+                self.process.stdin.write(json.dumps(message) + "\n")
+                self.process.stdin.flush()
+                answer = self.process.stdout.readline()
+            except (OSError, ValueError):
+                answer = ""
+            if answer:
+                return json.loads(answer)
+        self.close()
+        return None
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.process = None
+
+
+class _Uploader:
+    """A daemon thread that flushes the spool after each new payload and on a timer.
+
+    The sending itself happens in a child process (:class:`_SenderProcess`), or in this
+    thread when no child could be started.
+    """
+
+    def __init__(
+        self,
+        spool: Path,
+        tracking_uri: str,
+        warn: Callable[[str], None],
+        *,
+        child: bool = True,
+    ) -> None:
         self.spool = spool
         self.uri = tracking_uri
         self.warn = warn
@@ -411,6 +505,8 @@ class _Uploader:
         self._stop = False
         self._offline: str | None = None
         self.sent = 0
+        self._deliveries: dict[str, _Delivery] = {}
+        self._child = _SenderProcess.shared() if child else None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="lradvisor-mlflow", daemon=True)
         self._thread.start()
@@ -431,10 +527,9 @@ class _Uploader:
         """Import MLflow and open the store (a new local store creates its tables: seconds)
         while the first trial trains, not after it."""
         with self._lock:
-            with contextlib.suppress(Exception):
-                delivery = _Delivery(self.uri)
-                if delivery.reachable() is None:
-                    delivery.client.search_experiments(max_results=1)
+            if self._child is not None and self._child.request(warm=self.uri) is not None:
+                return
+            self._deliveries.update(warm(self.uri))
 
     def flush(self) -> SyncResult:
         """Send what is pending; the result counts everything this uploader has sent."""
@@ -443,8 +538,14 @@ class _Uploader:
             self.sent += result.sent
             return SyncResult(sent=self.sent, pending=result.pending, errors=result.errors)
 
+    def _send(self) -> SyncResult:
+        answer = None if self._child is None else self._child.request(spool=str(self.spool))
+        if answer is None:
+            return sync(self.spool, _deliveries=self._deliveries)
+        return SyncResult(**answer)
+
     def _flush(self) -> SyncResult:
-        result = sync(self.spool)
+        result = self._send()
         if result.pending and result.errors:
             reason = result.errors[0]
             if self._offline is None:
@@ -459,9 +560,20 @@ class _Uploader:
         return result
 
     def close(self, timeout: float) -> None:
+        """Stop the thread (the caller then flushes once more with :meth:`flush`)."""
         self._stop = True
         self._wake.set()
         self._thread.join(timeout)
+
+
+def warm(uri: str) -> dict[str, _Delivery]:
+    """Open the store at ``uri`` once (a new local store creates its tables); {uri: client}."""
+    with contextlib.suppress(Exception):
+        delivery = _Delivery(uri)
+        if delivery.reachable() is None:
+            delivery.client.search_experiments(max_results=1)
+            return {uri: delivery}
+    return {}
 
 
 def _stderr(message: str) -> None:
@@ -570,7 +682,7 @@ def log_replication(
     folder = spool_folder(spool)
     for payload in replication_payloads(result, tracking_uri=uri):
         _write(folder, payload)
-    uploader = _Uploader(folder, uri, warn)
+    uploader = _Uploader(folder, uri, warn, child=False)  # one flush: no child worth starting
     uploader.close(timeout)
     outcome = uploader.flush()  # in this thread: the result counts what was sent
     if outcome.pending and uploader._offline is None:

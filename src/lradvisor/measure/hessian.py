@@ -67,6 +67,28 @@ def mlp_loss_function(
     return f
 
 
+def config_loss_function(
+    config, shapes: list[torch.Size], data, *, dtype: torch.dtype = torch.float64
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`mlp_loss_function` of the built-in MLP of ``config`` (a ModelConfig) on ``data``.
+
+    ``shapes``: the parameter shapes in the flat layout (weights, then biases); the inputs
+    are cast to ``dtype``.
+    """
+    model, training = config.model, config.training
+    return mlp_loss_function(
+        list(shapes),
+        data.X.to(dtype),
+        data.y,
+        classes=data.classes,
+        activation=model.activation,
+        negative_slope=model.negative_slope,
+        loss=training.loss,
+        has_bias=model.bias,
+        ce_weight=training.ce_weight,
+    )
+
+
 def dense_hessian(
     loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor
 ) -> torch.Tensor:

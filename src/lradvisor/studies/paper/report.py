@@ -10,14 +10,7 @@ from pathlib import Path
 
 from lradvisor.studies.paper.claims import format_value
 from lradvisor.studies.paper.outcome import Figure
-from lradvisor.studies.paper.reproduce import QUICK_NOTE, ReplicationResult
-
-_STYLES = {
-    "line": {"linestyle": "-", "marker": "o", "markersize": 3},
-    "points": {"linestyle": "none", "marker": "o", "markersize": 4},
-    "fit": {"linestyle": "--"},
-    "prediction": {"linestyle": ":", "linewidth": 2},
-}
+from lradvisor.studies.paper.reproduce import QUICK_NOTE, ReplicationResult, figure_dict
 
 
 def write_report(result: ReplicationResult, path: str | Path) -> Path:
@@ -38,26 +31,12 @@ def write_report(result: ReplicationResult, path: str | Path) -> Path:
 
 
 def draw_figure(figure: Figure, path: Path) -> None:
-    """One figure as a PNG (matplotlib, non-interactive backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """One figure as a PNG (:func:`lradvisor.plots.draw`, the drawing MLflow's figures use)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for series in figure.series:
-        ax.plot(series.x, series.y, label=series.label or None, **_STYLES.get(series.style, {}))
-    if figure.logx:
-        ax.set_xscale("log")
-    if figure.logy:
-        ax.set_yscale("log")
-    ax.set_title(figure.title, fontsize=10)
-    ax.set_xlabel(figure.xlabel)
-    ax.set_ylabel(figure.ylabel)
-    if any(series.label for series in figure.series):
-        ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    from lradvisor.plots import draw
+
+    fig = draw(figure_dict(figure), size=(5.5, 3.8))
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
 

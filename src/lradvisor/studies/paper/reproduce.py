@@ -72,7 +72,7 @@ class ExperimentRow:
             "values": None if outcome is None else outcome.values,
             "figures": {}
             if outcome is None
-            else {k: _figure_dict(f) for k, f in outcome.figures.items()},
+            else {k: figure_dict(f) for k, f in outcome.figures.items()},
         }
 
 
@@ -132,7 +132,8 @@ def _measured(result: ClaimResult) -> str:
     return f"{mark} {format_value(result.measured)}"
 
 
-def _figure_dict(figure: Figure) -> dict[str, Any]:
+def figure_dict(figure: Figure) -> dict[str, Any]:
+    """A figure as plain data: the spec :func:`lradvisor.plots.draw` and MLflow take."""
     return {
         "title": figure.title,
         "xlabel": figure.xlabel,

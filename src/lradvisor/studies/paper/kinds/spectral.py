@@ -51,7 +51,6 @@ Definitions (the study files' notes repeat them):
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -65,10 +64,11 @@ from lradvisor.config import ModelConfig, parse_config
 from lradvisor.engine.batched import Observables, SweepResult, run_sweep
 from lradvisor.engine.data import Dataset
 from lradvisor.engine.models import initial_state
-from lradvisor.measure.hessian import dense_spectrum, flat_gradient, mlp_loss_function
+from lradvisor.measure.hessian import config_loss_function, dense_spectrum, flat_gradient
 from lradvisor.measure.lanczos import lanczos
 from lradvisor.measure.laws import unit_balance
 from lradvisor.prediction import predict_imbalance_sum
+from lradvisor.studies.paper.kinds.sweeps import deep_merge
 from lradvisor.studies.paper.outcome import Figure, Outcome, Progress, Series
 from lradvisor.theory import (
     e_folding_time,
@@ -93,24 +93,14 @@ _GRADIENT_CHUNK = 256
 # ------------------------------------------------------------------------------------------
 
 
-def _merge(base: dict, update: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def _config(protocol: dict, **overrides: dict) -> ModelConfig:
     """The protocol's model file with ``steps`` and section overrides (model=…, data=…)."""
     model = protocol["model"]
     if isinstance(model, ModelConfig):
         model = model.model_dump(exclude_unset=True)
-    raw = _merge(model, {k: v for k, v in overrides.items() if v})
+    raw = deep_merge(model, {k: v for k, v in overrides.items() if v})
     if "steps" in protocol:
-        raw = _merge(raw, {"training": {"steps": int(protocol["steps"])}})
+        raw = deep_merge(raw, {"training": {"steps": int(protocol["steps"])}})
     return parse_config(raw, file="study protocol")
 
 
@@ -140,17 +130,7 @@ def _loss_function(config: ModelConfig, data: Dataset) -> LossFunction:
     shapes = [torch.Size((out, inp)) for inp, out in pairwise(widths)]
     if config.model.bias:
         shapes += [torch.Size((out,)) for out in widths[1:]]
-    return mlp_loss_function(
-        shapes,
-        data.X.to(torch.float64),
-        data.y,
-        classes=data.classes,
-        activation=config.model.activation,
-        negative_slope=config.model.negative_slope,
-        loss=config.training.loss,
-        has_bias=config.model.bias,
-        ce_weight=config.training.ce_weight,
-    )
+    return config_loss_function(config, shapes, data)
 
 
 def _flat(weights: list[torch.Tensor], trial: int | None = None) -> torch.Tensor:
@@ -545,7 +525,7 @@ def _switch_by_width(
     at_eos = np.full(len(widths), np.nan)
     sharpness, eos_lrs, final_sharpness = [], [], []
     for j, width in enumerate(widths):
-        config = _config(protocol, **_merge(overrides, {"model": {"hidden": [int(width)]}}))
+        config = _config(protocol, **deep_merge(overrides, {"model": {"hidden": [int(width)]}}))
         per_seed = []
         for seed in seeds:
             data, weights = _seed_data(config, seed)

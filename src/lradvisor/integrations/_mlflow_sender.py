@@ -1,0 +1,32 @@
+"""The MLflow sender process of :class:`lradvisor.integrations.mlflow.MLflowCallback`.
+
+Reads one JSON request per line on stdin and answers one JSON line on stdout:
+``{"warm": uri}`` opens the store (answer ``{}``); ``{"spool": folder}`` sends what the
+spool holds (answer: the :class:`~lradvisor.integrations.mlflow.SyncResult` fields). Clients
+and run ids are kept between requests. Ends when stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+
+def main() -> None:
+    from lradvisor.integrations.mlflow import sync, warm
+
+    deliveries: dict = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "warm" in request:
+            deliveries.update(warm(request["warm"]))
+            answer: dict = {}
+        else:
+            answer = asdict(sync(request["spool"], _deliveries=deliveries))
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
