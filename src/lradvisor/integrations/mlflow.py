@@ -196,10 +196,19 @@ class _Delivery:
             return None
         import requests
 
+        url = self.uri.rstrip("/") + "/health"
         try:
-            requests.get(self.uri.rstrip("/") + "/health", timeout=3).raise_for_status()
+            requests.get(url, timeout=3).raise_for_status()
         except requests.RequestException as exc:
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            text = str(exc)
+            why = (
+                "connection refused"
+                if "refused" in text
+                else "timed out"
+                if isinstance(exc, requests.Timeout)
+                else type(exc).__name__
+            )
+            return f"no answer from {url}: {why}"
         return None
 
     def send(self, payload: dict[str, Any]) -> None:
@@ -399,8 +408,11 @@ def sync(
             except Exception as exc:  # any failure keeps the payload for the next try
                 deliveries.pop(uri, None)  # cached run ids may be stale after an outage
                 message = str(exc).splitlines()[0][:200] if str(exc) else ""
-                down[uri] = f"{type(exc).__name__}: {message}"
-                result.errors.append(f"{uri}: {down[uri]}")
+                if isinstance(exc, ConnectionError):  # the probe's own words
+                    down[uri] = message
+                else:
+                    down[uri] = f"{uri}: {type(exc).__name__}: {message}"
+                result.errors.append(down[uri])
                 result.pending += 1
                 continue
             path.unlink(missing_ok=True)
