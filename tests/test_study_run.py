@@ -181,3 +181,25 @@ def test_alpha_by_architecture_recovers_a_power_law() -> None:
     assert group.architecture == "width=8" and group.law == "0->2"
     assert group.lrs == tuple(lrs) and group.n_trials == 4
     assert group.alpha == pytest.approx(1.5, abs=1e-9)
+
+
+def test_mixed_loss_template_trains_on_the_mixed_loss(tmp_path: Path) -> None:
+    """loss: mix with ce_weight 1 is cross-entropy: the same trial value to the bit."""
+    values = {}
+    for name, training in (
+        ("ce", {"loss": "ce", "dtype": "float64"}),
+        ("mix", {"loss": "mix", "ce_weight": 1.0, "dtype": "float64"}),
+    ):
+        study_file = _study_file(
+            tmp_path,
+            name=name,
+            model={**TINY_MODEL, "training": training},
+            search_space={"lr": {"type": "categorical", "choices": [0.1]}},
+            metric="train_loss",
+            budget={"n_trials": 1, "steps": 20, "report_every": 10, "seed": 0},
+        )
+        summary = run_study(
+            study_file, storage=_sqlite(tmp_path), progress=False, predict=False, mlflow=False
+        )
+        values[name] = summary.best_value
+    assert values["mix"] == values["ce"]

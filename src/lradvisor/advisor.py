@@ -35,6 +35,7 @@ from lradvisor.engine.batched import Observables, identity_applies
 from lradvisor.engine.data import Dataset, load_shared_dataset
 from lradvisor.engine.dispatch import build_model, run_trials
 from lradvisor.engine.models import initial_state
+from lradvisor.engine.training import loss_function
 from lradvisor.errors import LRAdvisorError
 from lradvisor.measure.discovery import discover_pairs
 from lradvisor.measure.hessian import config_loss_function
@@ -66,16 +67,6 @@ PROBE_SEEDS = 3
 DENSE_SUGGEST_LIMIT = 2500
 WIDTH_FACTORS = (0.5, 1.0, 2.0)
 CHUNK = 2048
-
-
-def _loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if kind == "ce":
-        return nn.functional.cross_entropy
-
-    def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(out, nn.functional.one_hot(y, out.shape[-1]).to(out.dtype))
-
-    return mse
 
 
 def _batches(
@@ -162,7 +153,7 @@ def _mlp_curvature(
 
 def _module_curvature(config: ModelConfig, model: nn.Module, data: Dataset) -> _Curvature:
     operator = hessian_operator(
-        model, _batches(data, torch.float64), _loss_fn(config.training.loss)
+        model, _batches(data, torch.float64), loss_function(config.training)
     )
     return _Curvature(
         operator.matvec,

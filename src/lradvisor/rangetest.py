@@ -74,6 +74,7 @@ import torch
 
 from lradvisor.config import ModelConfig
 from lradvisor.engine.batched import batch_indices
+from lradvisor.engine.training import loss_function, make_optimizer
 from lradvisor.errors import LRAdvisorError
 
 __all__ = [
@@ -254,17 +255,17 @@ def range_test(
     _check_schedule(start_lr, end_lr, num_iter)
     if threads < 1:
         raise LRAdvisorError(f"threads must be at least 1, but got {threads!r}.")
-    model, X, y, classes = _trial_model(config, seed)
-    optimizer = _optimizer(config, model, start_lr)
+    model, X, y = _trial_model(config, seed)
+    optimizer = make_optimizer(config, model, start_lr)
     schedule = _batch_schedule(config, len(y), num_iter, seed)
-    loss_kind = config.training.loss
+    loss_fn = loss_function(config.training)
 
     def train_step(step: int, lr: float) -> float:
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, labels = (X, y) if schedule is None else (X[schedule[step]], y[schedule[step]])
         optimizer.zero_grad(set_to_none=True)
-        loss = _loss(model(inputs), labels, loss_kind, classes)
+        loss = loss_fn(model(inputs), labels)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
@@ -304,22 +305,13 @@ def _check_smoothing(smooth_f: float) -> None:
 
 def _trial_model(
     config: ModelConfig, seed: int
-) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The module carrying seed ``seed``'s initial weights, and its training data."""
     from lradvisor.engine.dispatch import build_model
 
     model, data = build_model(config, seed)
     dtype = getattr(torch, config.training.dtype)
-    return model, data.X.to(dtype), data.y, data.classes
-
-
-def _optimizer(config: ModelConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    training = config.training
-    if training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=training.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=training.momentum, weight_decay=training.weight_decay
-    )
+    return model, data.X.to(dtype), data.y
 
 
 def _batch_schedule(config: ModelConfig, n: int, num_iter: int, seed: int) -> torch.Tensor | None:
@@ -327,11 +319,3 @@ def _batch_schedule(config: ModelConfig, n: int, num_iter: int, seed: int) -> to
     if batch_size is None or batch_size >= n:
         return None
     return batch_indices(n, batch_size, num_iter, seed)
-
-
-def _loss(out: torch.Tensor, labels: torch.Tensor, kind: str, classes: int) -> torch.Tensor:
-    """The engine's losses: mean cross-entropy, or squared error averaged over classes too."""
-    if kind == "ce":
-        return torch.nn.functional.cross_entropy(out, labels)
-    target = torch.nn.functional.one_hot(labels, classes).to(out.dtype)
-    return torch.nn.functional.mse_loss(out, target)

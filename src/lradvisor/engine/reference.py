@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from lradvisor.config import ModelConfig
 from lradvisor.engine.batched import batch_indices
 from lradvisor.engine.dispatch import build_model
+from lradvisor.engine.training import make_optimizer, module_loss
 from lradvisor.measure.monitor import ConservationMonitor
 
 
@@ -30,34 +30,11 @@ class ReferenceTrial:
     diverged: bool
 
 
-def _loss(
-    out: torch.Tensor, y: torch.Tensor, loss_weights: tuple[float, float], classes: int
-) -> torch.Tensor:
-    """(CE weight)·cross-entropy + (MSE weight)·squared error on one-hot targets."""
-    ce, mse = loss_weights
-    total = 0.0
-    if ce:
-        total = total + ce * nn.functional.cross_entropy(out, y)
-    if mse:
-        target = nn.functional.one_hot(y, classes).to(out.dtype)
-        total = total + mse * nn.functional.mse_loss(out, target)
-    return total
-
-
-def _optimizer(config: ModelConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    training = config.training
-    if training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=training.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=training.momentum, weight_decay=training.weight_decay
-    )
-
-
 def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceTrial:
     """Train one (η, seed) trial with nn.Module + torch.optim + the monitor."""
     dtype = getattr(torch, config.training.dtype)
     model, data = build_model(config, seed)
-    optimizer = _optimizer(config, model, lr)
+    optimizer = make_optimizer(config, model, lr)
     monitor = ConservationMonitor(model, optimizer=optimizer, per_unit=False)
     steps = config.training.steps
     batch_size = config.training.batch_size
@@ -70,7 +47,7 @@ def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceT
     for t in range(steps):
         xb, yb = (X, y) if schedule is None else (X[schedule[t]], y[schedule[t]])
         optimizer.zero_grad(set_to_none=True)
-        loss = _loss(model(xb), yb, config.training.loss_weights, data.classes)
+        loss = module_loss(model(xb), yb, config.training.loss_weights)
         value = float(loss.detach())
         initial_loss = value if initial_loss is None else initial_loss
         if not np.isfinite(value) or value > config.training.divergence_factor * max(
@@ -82,7 +59,7 @@ def run_reference_trial(config: ModelConfig, lr: float, seed: int) -> ReferenceT
         monitor.observe()
         optimizer.step()
     with torch.no_grad():
-        final = float(_loss(model(X), y, config.training.loss_weights, data.classes))
+        final = float(module_loss(model(X), y, config.training.loss_weights))
     laws = [law for law in monitor.report() if law.bias_aware or not config.model.bias]
     return ReferenceTrial(
         lr=lr,

@@ -21,6 +21,7 @@ from torch import nn
 from lradvisor.config import ModelConfig
 from lradvisor.engine.batched import batch_indices
 from lradvisor.engine.data import Dataset
+from lradvisor.engine.training import LossFunction, loss_function, make_optimizer
 from lradvisor.integrations._study_fits import (
     ARCHITECTURE_ATTR,
     DRIFT_ATTR,
@@ -136,7 +137,7 @@ class StudyObjective:
         trial.set_user_attr(ARCHITECTURE_ATTR, architecture_key(params))
         config = trial_config(self.study.template, params)
         model, data = self._build(config)
-        optimizer = _optimizer(config, model, float(params["lr"]))
+        optimizer = make_optimizer(config, model, float(params["lr"]))
         X, y = data.X, data.y
         with warnings.catch_warnings():
             # Said once per trial by the monitor; the study summary says it once.
@@ -148,7 +149,7 @@ class StudyObjective:
                 model,
                 optimizer,
                 data=(X, y),
-                loss=config.training.loss,
+                loss=loss_function(config.training),
                 seed=self.study.budget.seed,
             )
         trial.set_user_attr(STEPS_ATTR, 0)
@@ -175,7 +176,7 @@ class StudyObjective:
         config: ModelConfig,
         monitor: Any,
     ) -> _Evaluation:
-        evaluation = _evaluate(model, data, config.training.loss)
+        evaluation = _evaluate(model, data, loss_function(config.training))
         trial.set_user_attr(TRAIN_LOSS_ATTR, _json(evaluation.train_loss))
         trial.set_user_attr(VAL_LOSS_ATTR, _json(evaluation.val_loss))
         trial.set_user_attr(DRIFT_ATTR, _final_drift(monitor))
@@ -208,7 +209,7 @@ class StudyObjective:
         monitor: Any,
     ) -> None:
         budget = self.study.budget
-        loss_name = config.training.loss
+        loss = loss_function(config.training)
         batch_size = config.training.batch_size
         schedule = None
         if batch_size is not None and batch_size < data.n:
@@ -218,14 +219,14 @@ class StudyObjective:
         for step in range(budget.steps):
             inputs, labels = (data.X, data.y) if schedule is None else _batch(data, schedule[step])
             optimizer.zero_grad(set_to_none=True)
-            _loss(model(inputs), labels, loss_name).backward()
+            loss(model(inputs), labels).backward()
             monitor.observe()
             optimizer.step()
             done = step + 1
             # No report after the last step: pruning a trained trial would save nothing.
             if done % budget.report_every == 0 and done < budget.steps:
                 trial.set_user_attr(STEPS_ATTR, done)
-                monitor.report(done, self._metric(_evaluate(model, data, loss_name)))
+                monitor.report(done, self._metric(_evaluate(model, data, loss)))
 
     def _metric(self, evaluation: _Evaluation) -> float:
         if self.study.metric == "val_loss" and evaluation.val_loss is not None:
@@ -233,33 +234,16 @@ class StudyObjective:
         return evaluation.train_loss
 
 
-def _optimizer(config: ModelConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    training = config.training
-    if training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=training.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=training.momentum, weight_decay=training.weight_decay
-    )
-
-
-def _loss(outputs: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """The engine's losses: mean CE, or MSE to one-hot targets averaged over every entry."""
-    if loss == "ce":
-        return nn.functional.cross_entropy(outputs, labels)
-    target = nn.functional.one_hot(labels, outputs.shape[-1]).to(outputs.dtype)
-    return nn.functional.mse_loss(outputs, target)
-
-
 def _batch(data: Dataset, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return data.X[rows], data.y[rows]
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, data: Dataset, loss: str) -> _Evaluation:
-    train = float(_loss(model(data.X), data.y, loss))
+def _evaluate(model: nn.Module, data: Dataset, loss: LossFunction) -> _Evaluation:
+    train = float(loss(model(data.X), data.y))
     val = None
     if data.X_val is not None and len(data.X_val):
-        val = float(_loss(model(data.X_val), data.y_val, loss))
+        val = float(loss(model(data.X_val), data.y_val))
     return _Evaluation(train, val)
 
 
