@@ -499,7 +499,7 @@ class _Uploader:
     """A daemon thread that flushes the spool after each new payload and on a timer.
 
     The sending itself happens in a child process (:class:`_SenderProcess`), or in this
-    thread when no child could be started.
+    thread when the child could not be started or died.
     """
 
     def __init__(
@@ -507,8 +507,6 @@ class _Uploader:
         spool: Path,
         tracking_uri: str,
         warn: Callable[[str], None],
-        *,
-        child: bool = True,
     ) -> None:
         self.spool = spool
         self.uri = tracking_uri
@@ -518,7 +516,7 @@ class _Uploader:
         self._offline: str | None = None
         self.sent = 0
         self._deliveries: dict[str, _Delivery] = {}
-        self._child = _SenderProcess.shared() if child else None
+        self._child = _SenderProcess.shared()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="lradvisor-mlflow", daemon=True)
         self._thread.start()
@@ -539,7 +537,7 @@ class _Uploader:
         """Import MLflow and open the store (a new local store creates its tables: seconds)
         while the first trial trains, not after it."""
         with self._lock:
-            if self._child is not None and self._child.request(warm=self.uri) is not None:
+            if self._child.request(warm=self.uri) is not None:
                 return
             self._deliveries.update(warm(self.uri))
 
@@ -551,7 +549,7 @@ class _Uploader:
             return SyncResult(sent=self.sent, pending=result.pending, errors=result.errors)
 
     def _send(self) -> SyncResult:
-        answer = None if self._child is None else self._child.request(spool=str(self.spool))
+        answer = self._child.request(spool=str(self.spool))
         if answer is None:
             return sync(self.spool, _deliveries=self._deliveries)
         return SyncResult(**answer)
@@ -683,7 +681,6 @@ def log_replication(
     tracking_uri: str | None = None,
     spool: str | Path | None = None,
     warn: Callable[[str], None] = _stderr,
-    timeout: float = 120.0,
 ) -> SyncResult:
     """Log ``lradvisor reproduce``'s result (``ReplicationResult.as_dict()``) to MLflow.
 
@@ -694,10 +691,8 @@ def log_replication(
     folder = spool_folder(spool)
     for payload in replication_payloads(result, tracking_uri=uri):
         _write(folder, payload)
-    uploader = _Uploader(folder, uri, warn, child=False)  # one flush: no child worth starting
-    uploader.close(timeout)
-    outcome = uploader.flush()  # in this thread: the result counts what was sent
-    if outcome.pending and uploader._offline is None:
+    outcome = sync(folder)  # one flush, here: no thread or child process worth starting
+    if outcome.pending:
         warn(
             f"{outcome.pending} MLflow payload(s) could not be sent and are kept in {folder}; "
             f"run `lradvisor mlflow sync` ({'; '.join(outcome.errors[:1])})"
