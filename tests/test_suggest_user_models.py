@@ -73,7 +73,7 @@ def test_model_without_a_law_gets_the_parts_that_still_apply(tmp_path):
     config = load_config(
         _config(tmp_path, "my_models:gelu_mlp", kwargs={"hidden": 16}, width_kwarg="hidden")
     )
-    advice = advise(config)
+    advice = advise(config, widths=True)
     assert advice.recommended_lr > 0 and advice.eos_lr > 0
     assert advice.alpha_predicted is None and advice.drift_curve == []
     text = " ".join(advice.does_not_apply)

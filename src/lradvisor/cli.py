@@ -138,6 +138,26 @@ def sweep(
     help="Model YAML file (see README 'Model file').",
 )
 @click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "momentum", "nesterov", "adam", "adamw"]),
+    help="Override training.optimizer (momentum / nesterov: SGD with momentum 0.9 unless --momentum).",
+)
+@click.option("--momentum", type=float, help="Override training.momentum (SGD).")
+@click.option("--weight-decay", type=float, help="Override training.weight_decay.")
+@click.option("--steps", type=click.IntRange(min=1), help="Override training.steps.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=0),
+    help="Override training.batch_size (0 = full batch).",
+)
+@click.option("--seeds", help="Comma-separated probe seeds (overrides sweep.seeds; 2 are used).")
+@click.option("--device", help="torch device, e.g. cuda (overrides training.device).")
+@click.option(
+    "--widths",
+    is_flag=True,
+    help="Also measure λ_max(θ₀) at half and twice the width and fit the width law.",
+)
+@click.option(
     "--probe",
     is_flag=True,
     help="Also run a small batched sweep over the advised range: predicted vs observed α and drift.",
@@ -152,19 +172,41 @@ def sweep(
     "--plot",
     "plot_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Draw drift vs η (prediction, probe points, EoS line) to this PNG.",
+    help="Draw the probe's loss vs η beside the theory's drift vs η to this PNG.",
 )
 @_friendly
-def suggest(model_file: Path, probe: bool, json_file: Path | None, plot_file: Path | None) -> None:
+def suggest(
+    model_file: Path,
+    optimizer: str | None,
+    momentum: float | None,
+    weight_decay: float | None,
+    steps: int | None,
+    batch_size: int | None,
+    seeds: str | None,
+    device: str | None,
+    widths: bool,
+    probe: bool,
+    json_file: Path | None,
+    plot_file: Path | None,
+) -> None:
     """Advise a learning rate and a sweep range for a model, with the reasoning shown."""
     from lradvisor.advisor import advise
     from lradvisor.config import load_config
     from lradvisor.render import render_advice
 
-    config = load_config(model_file)
+    config = _with_overrides(
+        load_config(model_file),
+        optimizer=optimizer,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        steps=steps,
+        batch_size=batch_size,
+        seeds=_number_list("--seeds", seeds, int),
+        device=device,
+    )
     _check_device(config.training.device)
     with _steps_progress() as say:
-        advice = advise(config, probe=probe, progress=say)
+        advice = advise(config, probe=probe, widths=widths, progress=say)
     if json_file is not None and str(json_file) == "-":
         click.echo(json.dumps(advice.as_dict(), indent=2, default=float))
         return
@@ -178,8 +220,29 @@ def suggest(model_file: Path, probe: bool, json_file: Path | None, plot_file: Pa
         click.echo(f"wrote {plot_advice(advice, plot_file)}")
 
 
+def _with_overrides(config, **overrides):
+    """The config with the command line's training / sweep overrides, validated like the file."""
+    from lradvisor.config import parse_config
+
+    raw = config.model_dump(mode="json", exclude_unset=True)
+    training, sweep = raw.setdefault("training", {}), raw.setdefault("sweep", {})
+    optimizer = overrides.pop("optimizer")
+    if optimizer in ("momentum", "nesterov"):
+        training.update(optimizer="sgd", momentum=0.9, nesterov=optimizer == "nesterov")
+    elif optimizer is not None:
+        training.update(optimizer=optimizer, momentum=0.0, nesterov=False)
+    for key in ("momentum", "weight_decay", "steps", "device"):
+        if overrides[key] is not None:
+            training[key] = overrides[key]
+    if overrides["batch_size"] is not None:
+        training["batch_size"] = overrides["batch_size"] or None
+    if overrides["seeds"] is not None:
+        sweep["seeds"] = overrides["seeds"]
+    return parse_config(raw, file=config.source_file)
+
+
 class _steps_progress:
-    """One status line per stage on stderr when it is a terminal."""
+    """One line per stage on stderr: rewritten in place on a terminal, else one line each."""
 
     def __enter__(self) -> Callable[[str], None]:
         interactive = sys.stderr.isatty()
@@ -187,6 +250,8 @@ class _steps_progress:
         def say(message: str) -> None:
             if interactive:
                 click.echo(f"\r\033[K… {message}", err=True, nl=False)
+            else:
+                click.echo(f"lradvisor: {message}", err=True)
 
         self.interactive = interactive
         return say

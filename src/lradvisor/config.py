@@ -17,7 +17,7 @@ from lradvisor.errors import ConfigError, LRAdvisorError
 
 ACTIVATIONS = ("relu", "leaky_relu", "identity")
 LOSSES = ("ce", "mse", "mix")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 DATA_SOURCES = ("gaussian_mixture", "sklearn", "file")
 SKLEARN_SETS = ("digits", "wine", "breast_cancer", "iris")
 DTYPES = ("float32", "float64")
@@ -126,6 +126,10 @@ class DataSpec(_Strict):
 class TrainingSpec(_Strict):
     """How every trial trains: loss, optimiser, batch, steps, precision, device.
 
+    ``optimizer``: ``sgd`` (with ``momentum``, ``nesterov``, coupled ``weight_decay``),
+    ``adam`` (coupled L2 ``weight_decay``) or ``adamw`` (decoupled ``weight_decay``), all
+    with torch.optim's defaults otherwise.
+
     ``loss: mix`` is (1 − w)·MSE + w·CE with w = ``ce_weight`` (the paper's E12 loss
     interpolation); it is implemented by the batched MLP engine, its reference loop and the
     dense Hessian, and refused elsewhere.
@@ -133,14 +137,27 @@ class TrainingSpec(_Strict):
 
     loss: Literal["ce", "mse", "mix"] = "ce"
     ce_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    nesterov: bool = False
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     batch_size: PositiveInt | None = None
     steps: PositiveInt = 2000
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
     divergence_factor: Annotated[float, Field(gt=1.0)] = 1e3
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> TrainingSpec:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
+            raise ValueError(
+                "training.nesterov: Nesterov momentum needs optimizer: sgd and momentum > 0"
+            )
+        if self.optimizer != "sgd" and self.momentum:
+            raise ValueError(
+                f"training.momentum: a field of SGD; {self.optimizer}'s β₁ is fixed at 0.9"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mixed_loss(self) -> TrainingSpec:

@@ -6,13 +6,73 @@ from pathlib import Path
 
 
 def plot_advice(advice, path: str | Path) -> Path:
-    """Drift vs η on log–log axes: the predicted curve, the probe's points, the EoS line."""
+    """The evidence for the pick: the probe's loss vs η (left) beside the theory (right).
+
+    Left: mean probe score at the rung and at the end, diverged rates marked at the top, the
+    optimizer-aware bound, the recommendation and the sweep range. Right (models with
+    conservation laws under plain GD): the spectral formula's drift η²·S(η) and, with
+    ``--probe``, the measured drift.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    theory = bool(advice.drift_curve) or advice.validation is not None
+    figure, axes = plt.subplots(1, 2 if theory else 1, figsize=(12 if theory else 7, 4.5))
+    axes = list(axes) if theory else [axes]
+    _probe_panel(axes[0], advice)
+    if theory:
+        _drift_panel(axes[1], advice)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _probe_panel(ax, advice) -> None:
+    import math
+
+    probe = advice.probe
+    rows = probe["rows"]
+    for key, label, style in (
+        ("rung_score", f"step {probe['rung']}", "o--"),
+        ("final_score", f"step {probe['steps']}", "s-"),
+    ):
+        points = [(r["lr"], r[key]) for r in rows if math.isfinite(r.get(key, math.nan))]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=f"mean {probe['score']} at {label}")
+    finite = [r["rung_score"] for r in rows if math.isfinite(r["rung_score"])]
+    top = max([*finite, probe["initial_score"]])
+    diverged = [r["lr"] for r in rows if r["status"] == "diverged"]
+    if diverged:
+        ax.plot(diverged, [top] * len(diverged), "x", color="crimson", ms=9, label="diverged")
+    ax.axhline(probe["initial_score"], color="grey", lw=0.8, ls=":", label="at step 0")
+    bound = advice.bound
+    if bound["value"] is not None:
+        ax.axvline(
+            bound["value"],
+            color="crimson",
+            ls="--",
+            label=f"{bound['kind']} bound {bound['value']:.3g}",
+        )
+    ax.axvline(
+        advice.recommended_lr,
+        color="green",
+        lw=2,
+        label=f"recommended η = {advice.recommended_lr:.3g}",
+    )
+    ax.axvspan(*advice.lr_range, color="green", alpha=0.08, label="sweep range")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate η")
+    ax.set_ylabel(probe["score"])
+    ax.set_title(f"{advice.model}: probe ({advice.optimizer})", fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def _drift_panel(ax, advice) -> None:
     curve = [p for p in advice.drift_curve if not p["beyond_eos"] and p["drift"] > 0]
     if curve:
         ax.loglog(
@@ -27,35 +87,22 @@ def plot_advice(advice, path: str | Path) -> Path:
             v["lrs"],
             v["observed_drift"],
             "o",
-            label=f"probe: observed drift (α = {v['alpha_fitted']:.2f})",
+            label=f"measured drift (α = {v['alpha_fitted']:.2f})",
         )
-    ax.axvline(
-        advice.eos_lr, color="crimson", ls="--", label=f"EoS 2/λ_max(θ₀) = {advice.eos_lr:.3g}"
-    )
-    if advice.batch_eos_lr is not None:
+    if advice.eos_lr is not None:
         ax.axvline(
-            advice.batch_eos_lr,
-            color="darkorange",
-            ls="--",
-            label=f"mini-batch bound = {advice.batch_eos_lr:.3g}",
+            advice.eos_lr, color="crimson", ls="--", label=f"EoS 2/λ_max(θ₀) = {advice.eos_lr:.3g}"
         )
     ax.axvline(
         advice.recommended_lr,
         color="green",
-        ls="-",
         lw=2,
         label=f"recommended η = {advice.recommended_lr:.3g}",
     )
-    ax.axvspan(*advice.lr_range, color="green", alpha=0.08, label="sweep range")
     ax.set_xlabel("learning rate η")
     ax.set_ylabel("conservation-law drift |C(T) − C(0)|")
-    ax.set_title(f"{advice.model}: drift vs learning rate")
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    ax.set_title("theory: drift vs learning rate", fontsize=10)
+    ax.legend(fontsize=7)
 
 
 def draw(spec: dict, *, size: tuple[float, float] = (7.0, 4.5)):

@@ -101,36 +101,113 @@ class LawReport:
 
 
 @dataclass(frozen=True)
+class Sharpness:
+    """Stage 1 of ``suggest``: the top Hessian eigenvalue at θ₀, by Lanczos on HVPs.
+
+    ``lambda_max`` is the full-batch sharpness on ``samples`` training samples;
+    ``batch_lambda_max`` the mean over single mini-batches of ``batch_size`` (mini-batch
+    training only). ``note`` says why a number is missing (e.g. no double backward).
+    """
+
+    lambda_max: float | None
+    samples: int
+    n_hvp: int
+    residual: float
+    batch_lambda_max: float | None = None
+    batch_size: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Stage 2: the optimizer-aware stability bound and the probe bracket it places.
+
+    ``kind`` names the threshold (gradient descent, heavy-ball or Nesterov momentum) or says
+    there is none (adaptive optimizers); ``value`` is the bound itself, ``eos_lr`` the plain
+    gradient-descent bound 2/λ_max for comparison; ``warnings`` say when the model or the
+    optimizer make the bound unreliable.
+    """
+
+    kind: str
+    value: float | None
+    eos_lr: float | None
+    rule: str
+    bracket: tuple[float, ...]
+    bracket_rule: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Stage 3: short training runs of the candidate rates, rung by rung.
+
+    ``rows`` holds one dict per probed rate (ascending): ``lr``, ``origin`` (bracket,
+    extension, refinement), ``status`` (finalist, dropped, diverged, no progress),
+    ``rung_score`` (at step ``rung``) and ``final_score`` (at ``steps``, finalists only),
+    ``rung_train`` / ``final_train`` training losses, ``seed_scores`` and
+    ``diverged_seeds``. ``score`` says which loss ranks them.
+    """
+
+    steps: int
+    rung: int
+    seeds: tuple[int, ...]
+    score: str
+    initial_score: float
+    rows: tuple[dict, ...]
+    extensions: tuple[str, ...]
+    mode: str
+    concentration: dict | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Stage 4: the recommended rate, the sweep range, and what to watch out for."""
+
+    recommended_lr: float
+    lr_range: tuple[float, float]
+    rule: str
+    range_rule: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Advice:
     """Learning-rate advice for one model, every number with the rule that produced it.
 
     ``rules`` maps a field name to one line of reasoning; ``applies`` / ``does_not_apply``
-    say which parts of the theory hold for this model (biases, optimiser, layers).
+    say which parts of the theory hold for this model (laws, optimizer, layers);
+    ``warnings`` what the user should know before trusting the numbers.
     """
 
     model: str
     loss: str
+    optimizer: str
     full_batch: bool
-    lambda_max: float
+    batch_size: int | None
+    steps: int
+    score: str
+    lambda_max: float | None
     lambda_max_method: str
-    eos_lr: float
-    eos_lr_by_width: dict[int, float]
-    width_law: dict[str, float] | None
+    eos_lr: float | None
     batch_lambda_max: float | None
     batch_eos_lr: float | None
+    bound: dict
     recommended_lr: float
     lr_range: tuple[float, float]
-    alpha_predicted: float | None
-    drift_curve: list[dict]
-    outside_fraction: float | None
     regime: str
-    switch_rate: float | None
-    tau: dict | None
-    schedule: list[dict] | None
     probe: dict
     rules: dict[str, str]
+    warnings: tuple[str, ...] = ()
     applies: tuple[str, ...] = ()
     does_not_apply: tuple[str, ...] = ()
+    alpha_predicted: float | None = None
+    drift_curve: list[dict] = field(default_factory=list)
+    outside_fraction: float | None = None
+    tau: dict | None = None
+    schedule: list[dict] | None = None
+    adaptive: dict | None = None
+    eos_lr_by_width: dict[int, float] = field(default_factory=dict)
+    width_law: dict[str, float] | None = None
     alpha_fitted: float | None = None
     alpha_ci: tuple[float, float] | None = None
     validation: dict | None = None

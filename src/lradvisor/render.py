@@ -140,22 +140,28 @@ def _render_lawless(report: SweepReport) -> str:
 
 
 def render_advice(advice) -> str:
-    """The `lradvisor suggest` table: one line of reasoning per number."""
+    """The `lradvisor suggest` report: each number with its rule, the probe's evidence, the
+    warnings, and which parts of the theory apply."""
     rules = advice.rules
     rows: list[list[str]] = []
 
     def add(name: str, value: str, rule_key: str | None = None) -> None:
         rows.append([name, value, rules.get(rule_key or name, "")])
 
-    add("lambda_max", f"{advice.lambda_max:.4g}")
-    add("eos_lr", f"{advice.eos_lr:.4g}")
+    add("recommended_lr", f"{advice.recommended_lr:.4g}")
+    add("lr_range", f"{advice.lr_range[0]:.3g} … {advice.lr_range[1]:.3g}")
+    bound = advice.bound
+    value = "none" if bound["value"] is None else f"{bound['value']:.4g}"
+    add("bound", f"{value} ({bound['kind']})")
+    if advice.lambda_max is not None:
+        add("lambda_max", f"{advice.lambda_max:.4g}")
+        add("eos_lr", f"{advice.eos_lr:.4g}")
+    if advice.batch_eos_lr is not None:
+        add("batch_eos_lr", f"{advice.batch_eos_lr:.4g}")
     if advice.eos_lr_by_width:
         widths = ", ".join(f"m={w}: {v:.3g}" for w, v in sorted(advice.eos_lr_by_width.items()))
         add("eos_lr_by_width", widths)
-    if advice.batch_eos_lr is not None:
-        add("batch_eos_lr", f"{advice.batch_eos_lr:.4g}")
-    add("recommended_lr", f"{advice.recommended_lr:.4g}")
-    add("lr_range", f"{advice.lr_range[0]:.3g} … {advice.lr_range[1]:.3g}")
+    add("regime", advice.regime)
     if advice.alpha_predicted is not None:
         add("alpha_predicted", f"{advice.alpha_predicted:.3f}")
     if advice.tau is not None and advice.tau.get("a") is not None:
@@ -163,41 +169,24 @@ def render_advice(advice) -> str:
         sign = "+" if b >= 0 else "−"
         add("tau", f"{advice.tau['a']:.3g}/η {sign} {abs(b):.3g} (R² {advice.tau['r2']:.3f})")
     elif advice.tau is not None:
-        add("tau", "not fitted (fewer than 3 stable probe rates with a decaying 1 − q̄)")
+        add("tau", "not fitted (fewer than 3 sub-EoS rates whose 1 − q̄ fell by e)")
     if advice.schedule:
-        plan = ", ".join(f"t={p['step']}: {p['lr']:.3g}" for p in advice.schedule)
-        add("schedule", plan)
-    add("regime", advice.regime)
+        add("schedule", ", ".join(f"t={p['step']}: {p['lr']:.3g}" for p in advice.schedule))
+    add("probe", f"{len(advice.probe['rows'])} rates")
     width = max(len(r[0]) for r in rows)
-    value_width = min(34, max(len(r[1]) for r in rows))
+    value_width = min(30, max(len(r[1]) for r in rows))
+    batch = "full batch" if advice.full_batch else f"batch {advice.batch_size}"
     lines = [
-        f"lradvisor suggest: {advice.model} ({advice.loss.upper()}, {'full batch' if advice.full_batch else 'mini-batch'})",
+        f"lradvisor suggest: {advice.model} ({advice.loss}, {advice.optimizer}, {batch}, {advice.steps} steps)",
         "",
     ]
     for name, value, rule in rows:
         lines.append(f"{name.ljust(width)}  {value.ljust(value_width)}  {rule}")
+    lines += ["", *_probe_table(advice)]
     if advice.validation is not None:
-        v = advice.validation
-        lo, hi = v["alpha_ci"]
-        inside = lo <= v["alpha_predicted"] <= hi
-        lines += [
-            "",
-            f"probe sweep ({len(v['lrs'])} rates × seeds {v['seeds']}): α fitted = {v['alpha_fitted']:.3f} [{lo:.3f}, {hi:.3f}] (R² {v['alpha_r2']:.3f}), "
-            f"α predicted = {v['alpha_predicted']:.3f} — {'inside' if inside else 'outside'} the CI",
-            table(
-                ["η", "drift observed", "drift predicted", "rel err"],
-                [
-                    [f"{lr:.3g}", f"{o:.3g}", f"{p:.3g}", f"{e:.0%}"]
-                    for lr, o, p, e in zip(
-                        v["lrs"],
-                        v["observed_drift"],
-                        v["predicted_drift"],
-                        v["relative_error"],
-                        strict=True,
-                    )
-                ],
-            ),
-        ]
+        lines += ["", *_validation_lines(advice.validation)]
+    if advice.warnings:
+        lines += ["", "warnings:", *(f"  - {w}" for w in advice.warnings)]
     lines += ["", "theory applies: " + "; ".join(advice.applies)]
     if advice.does_not_apply:
         lines.append("does not apply: " + "; ".join(advice.does_not_apply))
@@ -208,3 +197,42 @@ def render_advice(advice) -> str:
         + ")"
     )
     return "\n".join(lines)
+
+
+def _probe_table(advice) -> list[str]:
+    probe = advice.probe
+    body = []
+    for row in probe["rows"]:
+        mark = "  ← recommended" if row["lr"] == advice.recommended_lr else ""
+        body.append(
+            [
+                f"{row['lr']:.3g}",
+                _num(row.get("rung_score"), ".4g"),
+                _num(row.get("final_score"), ".4g"),
+                row["origin"],
+                row["status"] + mark,
+            ]
+        )
+    header = (
+        f"probe: mean {probe['score']} over seeds {list(probe['seeds'])} "
+        f"(start {probe['initial_score']:.4g}); {probe['mode']}"
+    )
+    headers = ["η", f"step {probe['rung']}", f"step {probe['steps']}", "origin", "status"]
+    return [header, table(headers, body)]
+
+
+def _validation_lines(v: dict) -> list[str]:
+    lo, hi = v["alpha_ci"]
+    inside = lo <= v["alpha_predicted"] <= hi
+    rows = [
+        [f"{lr:.3g}", f"{o:.3g}", f"{p:.3g}", f"{e:.0%}"]
+        for lr, o, p, e in zip(
+            v["lrs"], v["observed_drift"], v["predicted_drift"], v["relative_error"], strict=True
+        )
+    ]
+    return [
+        f"validation sweep ({len(v['lrs'])} rates × seeds {v['seeds']}): α fitted = "
+        f"{v['alpha_fitted']:.3f} [{lo:.3f}, {hi:.3f}] (R² {v['alpha_r2']:.3f}), α predicted = "
+        f"{v['alpha_predicted']:.3f} — {'inside' if inside else 'outside'} the CI",
+        table(["η", "drift observed", "drift predicted", "rel err"], rows),
+    ]

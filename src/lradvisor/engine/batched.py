@@ -341,11 +341,13 @@ def _backward(
 
 
 class _Optimizer:
-    """SGD (momentum, weight decay) and Adam with torch.optim's exact update rules, batched."""
+    """SGD (momentum, Nesterov, weight decay), Adam and AdamW with torch.optim's exact update
+    rules, batched."""
 
     def __init__(self, config: ModelConfig, lrs: torch.Tensor) -> None:
         self.kind = config.training.optimizer
         self.momentum = config.training.momentum
+        self.nesterov = config.training.nesterov
         self.weight_decay = config.training.weight_decay
         self._neg_lrs = -lrs
         self.step_count = 0
@@ -359,7 +361,9 @@ class _Optimizer:
         cannot spoil the others and needs no masking here."""
         self.step_count += 1
         for slot, (param, grad) in enumerate(zip(params, grads, strict=True)):
-            if self.weight_decay:
+            if self.weight_decay and self.kind == "adamw":
+                param.addcmul_(param, self._neg_lr(param), value=self.weight_decay)
+            elif self.weight_decay:
                 grad = grad + self.weight_decay * param
             param.addcmul_(self._neg_lr(param), self._direction(slot, grad))
 
@@ -371,6 +375,8 @@ class _Optimizer:
                 self.buffers[slot] = [grad.clone()]
             else:
                 self.buffers[slot][0] = self.momentum * self.buffers[slot][0] + grad
+            if self.nesterov:
+                return grad + self.momentum * self.buffers[slot][0]
             return self.buffers[slot][0]
         beta1, beta2 = _ADAM_BETAS
         if slot not in self.buffers:

@@ -6,6 +6,7 @@ objective, the range test and ``suggest``'s Hessian on modules call these.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from lradvisor.config import ModelConfig, TrainingSpec
 
-__all__ = ["loss_function", "make_optimizer", "module_loss"]
+__all__ = ["loss_function", "make_optimizer", "module_loss", "optimizer_class"]
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,10 +46,20 @@ def loss_function(training: TrainingSpec) -> LossFunction:
 
 
 def make_optimizer(config: ModelConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """``torch.optim.Adam`` or ``SGD`` (momentum, weight decay) as ``config.training`` says."""
-    training = config.training
+    """``torch.optim.Adam``, ``AdamW`` or ``SGD`` (momentum, Nesterov, weight decay) as
+    ``config.training`` says."""
+    return optimizer_class(config.training)(model.parameters(), lr=lr)
+
+
+def optimizer_class(training: TrainingSpec) -> Callable[..., torch.optim.Optimizer]:
+    """``factory(params, lr=...)`` of the optimizer ``training`` names, its options bound."""
     if training.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=training.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=training.momentum, weight_decay=training.weight_decay
+        return functools.partial(torch.optim.Adam, weight_decay=training.weight_decay)
+    if training.optimizer == "adamw":
+        return functools.partial(torch.optim.AdamW, weight_decay=training.weight_decay)
+    return functools.partial(
+        torch.optim.SGD,
+        momentum=training.momentum,
+        nesterov=training.nesterov,
+        weight_decay=training.weight_decay,
     )

@@ -303,8 +303,8 @@ def _advice(
         "alpha_predicted": advice.alpha_predicted,
         "recommended_lr": float(advice.recommended_lr),
         "lr_range": [float(v) for v in advice.lr_range],
-        "eos_lr": float(advice.eos_lr),
-        "lambda_max": float(advice.lambda_max),
+        "eos_lr": advice.eos_lr,
+        "lambda_max": advice.lambda_max,
         "loss": advice.loss,
         "tau": advice.tau,  # CE only: a/η + b, λ_max(t) and 1 − q̄(t) along the probe
     }

@@ -29,8 +29,14 @@ from lradvisor.theory.spectral import (
     local_alpha,
     quadratic_divergence_factor,
 )
+from lradvisor.theory.stability import (
+    adam_threshold,
+    mode_spectral_radius,
+    momentum_threshold,
+)
 
 __all__ = [
+    "adam_threshold",
     "additive_interaction",
     "crossover_rates",
     "e_folding_time",
@@ -46,6 +52,8 @@ __all__ = [
     "local_alpha",
     "local_slope",
     "mode_coefficients",
+    "mode_spectral_radius",
+    "momentum_threshold",
     "quadratic_divergence_factor",
     "spectrum_correlation",
 ]
