@@ -141,7 +141,9 @@ def test_cohorts_merge_at_the_same_step_and_a_diverged_trial_stops():
 
 
 def test_optimizers_without_a_batched_form_train_one_by_one():
-    problem = _problem(functools.partial(torch.optim.RMSprop, alpha=0.9), batchnorm=False, batch_size=8)
+    problem = _problem(
+        functools.partial(torch.optim.RMSprop, alpha=0.9), batchnorm=False, batch_size=8
+    )
     cohort = make_cohort(problem, ProbeData(problem, problem.seeds, 4), [1e-3], problem.seeds)
     assert isinstance(cohort, LoopCohort)
     cohort.advance(4)

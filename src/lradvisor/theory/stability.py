@@ -56,8 +56,8 @@ from lradvisor.theory import _checks
 
 __all__ = [
     "adam_threshold",
-    "momentum_threshold",
     "mode_spectral_radius",
+    "momentum_threshold",
 ]
 
 
