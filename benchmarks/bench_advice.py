@@ -6,7 +6,10 @@ For every model file in the suite:
   one more call when the best rate sits at an edge): the mean final training and validation
   loss over seeds per rate (a diverged trial counts as +inf), and the best of each;
 * three methods, each trained at exactly its rate with the same 3 seeds:
-  ``lradvisor`` (``advise(config).recommended_lr``), ``range_test`` (Smith's test with
+  ``lradvisor`` (``advise(config).recommended_lr``, asked once per objective: its training
+  regret is that of ``advise(config, score="train")``, the advice for a user who minimises the
+  training loss, and its validation regret that of ``advise(config)``, which ranks the probe by
+  the file's validation split), ``range_test`` (Smith's test with
   torch-lr-finder's steepest-slope rule, :func:`lradvisor.rangetest.range_test`, seed 0)
   and ``default`` (0.1 for SGD, 1e-3 for Adam);
 * regret = the method's mean final loss / the grid's best mean loss, for training and
@@ -211,7 +214,9 @@ def load_advise() -> str | None:
     return None
 
 
-def advise_in_child(connection, config: ModelConfig, threads: int, memory_bytes: int) -> None:
+def advise_in_child(
+    connection, config: ModelConfig, threads: int, memory_bytes: int, score: str
+) -> None:
     """Child process: cap the address space, run ``advise``, send back plain fields or the error.
 
     The cap turns an out-of-memory into an exception here instead of the kernel killing the
@@ -224,7 +229,7 @@ def advise_in_child(connection, config: ModelConfig, threads: int, memory_bytes:
         from lradvisor.advisor import advise
 
         started = time.perf_counter()
-        advice = advise(config)
+        advice = advise(config, score=score)
         reply = {"rate": float(advice.recommended_lr), "seconds": time.perf_counter() - started}
         for key in ADVICE_FIELDS:
             reply[key] = _plain(getattr(advice, key, None))
@@ -237,13 +242,13 @@ def advise_in_child(connection, config: ModelConfig, threads: int, memory_bytes:
     connection.close()
 
 
-def advise_isolated(config: ModelConfig, limits: AdviseLimits) -> dict:
-    """``advise(config)`` in a spawned process under a time and memory limit."""
+def advise_isolated(config: ModelConfig, limits: AdviseLimits, score: str = "auto") -> dict:
+    """``advise(config, score=score)`` in a spawned process under a time and memory limit."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     memory_bytes = int(limits.memory_gb * 2**30)
     process = context.Process(
-        target=advise_in_child, args=(sender, config, limits.threads, memory_bytes)
+        target=advise_in_child, args=(sender, config, limits.threads, memory_bytes, score)
     )
     started = time.perf_counter()
     process.start()
@@ -277,7 +282,11 @@ def recommend(name: str, config: ModelConfig, limits: AdviseLimits) -> dict:
     if name == "lradvisor":
         if limits.missing is not None:
             return {"rate": None, "error": f"lradvisor advisor unavailable: {limits.missing}"}
-        return {"rate": None, "error": None, **advise_isolated(config, limits)}
+        record = {"rate": None, "error": None, **advise_isolated(config, limits)}
+        for_training = advise_isolated(config, limits, score="train")
+        record["train_rate"] = for_training.get("rate")
+        record["train_error"] = for_training.get("error")
+        return record
     started = time.perf_counter()
     record: dict = {"rate": None, "error": None}
     try:
@@ -322,6 +331,13 @@ def run_config(path: Path, *, quick: bool, limits: AdviseLimits) -> dict:
         method = recommend(name, config, limits)
         if method["rate"] is not None:
             method.update(evaluate_rate(config, method["rate"], best))
+        if method.get("train_rate") is not None:  # lradvisor's advice for the training loss
+            for_training = evaluate_rate(config, method["train_rate"], best)
+            method["train_regret"] = for_training["train_regret"]
+            method["mean_train_loss"] = for_training["mean_train_loss"]
+            method["divergent"] = method["divergent"] or for_training["divergent"]
+        elif name == "lradvisor" and method["rate"] is not None:
+            method["train_regret"] = float("inf")  # the training-loss advice failed
         record["methods"][name] = method
     record["wall_seconds"] = time.perf_counter() - started
     return record
@@ -359,6 +375,8 @@ def print_config(index: int, total: int, record: dict) -> None:
             print(f"  {name:<11} {method['error']}")
             continue
         flag = "  DIVERGED" if method["divergent"] else ""
+        if method.get("train_rate") is not None:
+            flag += f"  (training-loss advice: {_fmt(method['train_rate'])})"
         print(
             f"  {name:<11} {_fmt(method['rate']):>9} {_fmt(method['train_regret'], '.2f'):>13} "
             f"{_fmt(method['val_regret'], '.2f'):>11} {method['seconds']:7.2f}s{flag}"

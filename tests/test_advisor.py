@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from lradvisor.advisor import advise, problem_from_config
+from lradvisor.advisor.choice import first_failure
 from lradvisor.advisor.sharpness import measure_sharpness
 from lradvisor.cli import main
 from lradvisor.measure.hessian import config_loss_function, dense_spectrum
@@ -43,12 +44,10 @@ def test_sharpness_is_the_exact_top_eigenvalue_and_the_bound_two_over_it(ce_advi
 def test_recommendation_is_the_best_stable_finalist_and_the_range_tops_on_a_good_rate(ce_advice):
     _, advice = ce_advice
     rows = advice.probe["rows"]
-    finalists = [r for r in rows if r["status"] == "finalist"]
-    best = min(finalists, key=lambda r: r["final_score"])
-    above = [r for r in rows if r["lr"] > best["lr"]]
-    at_cliff = above and above[0]["status"] in ("diverged", "no progress", "unstable")
-    if not at_cliff:
-        assert advice.recommended_lr == best["lr"]
+    failure = first_failure(rows)
+    cap = failure[0] / 2 if failure else float("inf")
+    safe = [r for r in rows if r["status"] == "finalist" and r["lr"] <= cap * (1 + 1e-9)]
+    assert advice.recommended_lr == min(safe, key=lambda r: r["final_score"])["lr"]
     lo, hi = advice.lr_range
     assert lo < advice.recommended_lr <= hi
     top = next(r for r in rows if r["lr"] == hi)

@@ -153,6 +153,13 @@ def sweep(
 @click.option("--seeds", help="Comma-separated probe seeds (overrides sweep.seeds; 2 are used).")
 @click.option("--device", help="torch device, e.g. cuda (overrides training.device).")
 @click.option(
+    "--score",
+    type=click.Choice(["auto", "val", "train"]),
+    default="auto",
+    show_default=True,
+    help="Loss that ranks the probe's rates (auto: validation loss when the file has a validation split).",
+)
+@click.option(
     "--widths",
     is_flag=True,
     help="Also measure λ_max(θ₀) at half and twice the width and fit the width law.",
@@ -184,6 +191,7 @@ def suggest(
     batch_size: int | None,
     seeds: str | None,
     device: str | None,
+    score: str,
     widths: bool,
     probe: bool,
     json_file: Path | None,
@@ -206,7 +214,7 @@ def suggest(
     )
     _check_device(config.training.device)
     with _steps_progress() as say:
-        advice = advise(config, probe=probe, widths=widths, progress=say)
+        advice = advise(config, probe=probe, widths=widths, score=score, progress=say)
     if json_file is not None and str(json_file) == "-":
         click.echo(json.dumps(advice.as_dict(), indent=2, default=float))
         return

@@ -1,12 +1,17 @@
 """Stage 4: the recommended rate and the sweep range, read from the probe.
 
-* Recommendation: the finalist with the lowest mean score at the end of the probe. A finalist
-  whose next larger probed rate diverged, made no progress or turned unstable sits at a cliff, where other
-  seeds and longer runs fall off more often: its score is counted ``CLIFF_PENALTY`` worse
-  before ranking, so it wins only when it is clearly better than the safer rates (a re-rank,
-  not a blind step back).
+* The first failure F: the smallest probed rate that diverged, made no progress, turned
+  unstable, or collapsed (its training loss at the rung more than ``COLLAPSE_JUMP`` times that
+  of the next smaller rate: stuck on a plateau far above its neighbour).
+* Recommendation: the finalist with the lowest mean score at the end of the probe among those
+  at most F/``SAFETY_FACTOR``. The probe sees two seeds and a part of the user's steps; where
+  it placed the cliff moved by up to a factor 2 between seeds and run lengths on our suites
+  (the training-loss optimum of full-batch cross-entropy sits right at it), so a rate closer
+  than that to a failure is not recommended. The finalists are re-ranked under this rule —
+  the recommendation is the best safe finalist, not the best one stepped back a notch — and a
+  better-scoring rate that was left out is named in the rule.
 * Sweep range: from a tenth of the recommendation (or the smallest rate that trained well, if
-  lower) up to the largest rate that trained well — that made at least 90 % of the best
+  lower) up to the largest rate below F that trained well — that made at least 90 % of the best
   rate's loss reduction by the rung — so its top is never a rate stuck at chance.
 """
 
@@ -14,101 +19,107 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from lradvisor.records import Choice, ProbeResult
 
-__all__ = ["CLIFF_PENALTY", "choose"]
+__all__ = ["SAFETY_FACTOR", "choose", "first_failure"]
 
-CLIFF_PENALTY = 0.10
-UNSAFE = ("diverged", "no progress", "unstable")
+SAFETY_FACTOR = 2.0
+COLLAPSE_JUMP = 10.0
+FAILED = ("diverged", "no progress", "unstable")
 GOOD_SHARE = 0.9  # "trained well": this share of the best rate's loss reduction at the rung
 RANGE_FLOOR = 10.0
 
 
+def first_failure(rows: list[dict]) -> tuple[float, str] | None:
+    """(rate, what happened) of the smallest probed rate that failed, or None."""
+    previous = None
+    for row in sorted(rows, key=lambda r: r["lr"]):
+        if row["status"] in FAILED:
+            return row["lr"], row["status"]
+        if previous is not None and row["rung_train"] > COLLAPSE_JUMP * previous["rung_train"]:
+            return row["lr"], (
+                f"collapsed: training loss {row['rung_train']:.3g} against "
+                f"{previous['rung_train']:.3g} one step below"
+            )
+        previous = row
+    return None
+
+
 def choose(probe: ProbeResult, *, steps: int) -> Choice:
     """Recommendation, range and warnings from ``probe`` (``steps``: the user's budget)."""
-    rows = list(probe.rows)
+    rows = sorted(probe.rows, key=lambda r: r["lr"])
+    failure = first_failure(rows)
+    cap = failure[0] / SAFETY_FACTOR if failure else math.inf
     finalists = [r for r in rows if r["status"] == "finalist"]
+    safe = [r for r in finalists if r["lr"] <= cap * (1 + 1e-9)]
     warnings = []
-    if finalists:
-        key, stage = "final_score", f"the end of the probe (step {probe.steps})"
-        candidates = finalists
-    else:  # no finalist trained stably to the end: fall back to the rung's ranking
-        key, stage = (
-            "rung_score",
-            f"the rung (step {probe.rung}; no finalist trained stably to the end)",
-        )
-        candidates = [r for r in rows if r["status"] == "dropped"] or [
-            r for r in rows if r["status"] not in ("diverged", "no progress")
-        ]
+    if safe:
+        key, candidates = "final_score", safe
+        stage = f"the end of the probe (step {probe.steps})"
+    else:  # no finalist below the margin trained stably to the end: use the rung's ranking
+        key = "rung_score"
+        candidates = [
+            r for r in rows if r["status"] in ("finalist", "dropped") and r["lr"] <= cap * 1.000001
+        ] or [r for r in rows if r["status"] in ("finalist", "dropped")]
+        stage = f"the rung (step {probe.rung}; no finalist below the margin lasted the probe)"
         warnings.append(
-            "no finalist trained stably to the end of the probe (diverged, stalled or its "
-            "training loss rose): the recommendation comes from the rung"
+            "no finalist at least a factor 2 below the first failure trained stably to the end "
+            "of the probe: the recommendation comes from the rung"
         )
-    rates = [r["lr"] for r in rows]
-    adjusted, cliffs = {}, []
-    for row in candidates:
-        above = [r for r in rows if r["lr"] > row["lr"]]
-        cliff = bool(above) and above[0]["status"] in UNSAFE
-        adjusted[row["lr"]] = row[key] * (1 + CLIFF_PENALTY) if cliff else row[key]
-        if cliff:
-            cliffs.append(row["lr"])
-    best = min(candidates, key=lambda r: r[key])["lr"]
-    recommended = min(adjusted, key=adjusted.get)
+    recommended = min(candidates, key=lambda r: r[key])
     rule = f"lowest mean {probe.score} over seeds {list(probe.seeds)} at {stage}"
-    if recommended != best:
+    if failure:
         rule += (
-            f"; {best:.3g} scored lower but sits below a rate that diverged or stalled, and "
-            f"its {CLIFF_PENALTY:.0%} cliff penalty ranks it behind {recommended:.3g}"
+            f", among rates ≤ F/{SAFETY_FACTOR:g} = {cap:.3g} where F = {failure[0]:.3g} is the "
+            f"smallest probed rate that failed ({failure[1]})"
         )
-    elif recommended in cliffs:
-        rule += f" (it sits below a rate that diverged or stalled, and beats the others by more than the {CLIFF_PENALTY:.0%} cliff penalty)"
+        better = [r for r in finalists if r["lr"] > cap and r[key] < recommended[key]]
+        if better:
+            best = min(better, key=lambda r: r["final_score"])
+            rule += (
+                f"; {best['lr']:.3g} scored {best['final_score']:.4g} against "
+                f"{recommended[key]:.4g} but lies within a factor {SAFETY_FACTOR:g} of F"
+            )
+    rates = [r["lr"] for r in rows]
+    rate = recommended["lr"]
+    if probe.score == "validation loss" and not recommended[key] < probe.initial_score:
         warnings.append(
-            f"the next larger probe rate above {recommended:.3g} diverged or stalled: "
-            "training at the recommendation is close to a cliff"
+            f"the validation loss at the recommendation ({recommended[key]:.4g}) did not fall "
+            f"below its start ({probe.initial_score:.4g}): the model overfits within the probe, "
+            "or the validation data differ from the training data"
         )
-    chosen = next(r for r in candidates if r["lr"] == recommended)
-    if probe.score == "validation loss" and not chosen[key] < probe.initial_score:
+    if rate == min(rates):
         warnings.append(
-            f"the validation loss at the recommendation ({chosen[key]:.4g}) did not fall below "
-            f"its start ({probe.initial_score:.4g}): the model overfits within the probe, or the "
-            "validation data differ from the training data"
+            f"the recommendation {rate:.3g} is the smallest rate probed: the best rate may lie lower"
         )
-    if recommended == min(rates):
+    elif rate == max(r["lr"] for r in rows if r["lr"] <= cap) and not failure:
         warnings.append(
-            f"the recommendation {recommended:.3g} is the smallest rate probed: the best rate may lie lower"
-        )
-    elif recommended == max(rates):
-        warnings.append(
-            f"the recommendation {recommended:.3g} is the largest rate probed: the best rate may lie higher"
+            f"the recommendation {rate:.3g} is the largest rate probed: the best rate may lie higher"
         )
     if probe.steps < steps:
         warnings.append(
-            f"the probe trained {probe.steps} of your {steps} steps: a longer run may prefer a somewhat smaller rate"
+            f"the probe trained {probe.steps} of your {steps} steps: a longer run may prefer a "
+            "somewhat smaller rate"
         )
-    good = _trained_well(rows, probe.initial_score) or [recommended]
-    top = max(max(good), recommended)
-    low = min(min(good), recommended / RANGE_FLOOR)
+    good = _trained_well(rows, probe.initial_score, failure[0] if failure else math.inf)
+    good = good or [rate]
     return Choice(
-        recommended_lr=float(recommended),
-        lr_range=(float(low), float(top)),
+        recommended_lr=float(rate),
+        lr_range=(float(min(min(good), rate / RANGE_FLOOR)), float(max(max(good), rate))),
         rule=rule,
         range_rule=(
             f"from min(recommendation/{RANGE_FLOOR:g}, the smallest rate that trained well) to "
-            f"the largest rate that trained well (≥ {GOOD_SHARE:.0%} of the best rate's loss "
-            f"reduction at step {probe.rung}, no seed diverged)"
+            f"the largest rate below the first failure that trained well (≥ {GOOD_SHARE:.0%} of "
+            f"the best rate's loss reduction at step {probe.rung})"
         ),
         warnings=tuple(warnings),
     )
 
 
-def _trained_well(rows: list[dict], initial: float) -> list[float]:
-    scored = [r for r in rows if r["status"] not in UNSAFE]
+def _trained_well(rows: list[dict], initial: float, failure: float) -> list[float]:
+    scored = [r for r in rows if r["status"] not in FAILED and r["lr"] < failure]
     if not scored or not math.isfinite(initial):
         return []
     best = min(r["rung_score"] for r in scored)
     threshold = best + (1 - GOOD_SHARE) * (initial - best)
-    return [
-        r["lr"] for r in scored if r["rung_score"] <= threshold and np.isfinite(r["rung_score"])
-    ]
+    return [r["lr"] for r in scored if r["rung_score"] <= threshold]

@@ -30,7 +30,7 @@ PROBE_SEEDS = 2
 WIDTH_FACTORS = (0.5, 1.0, 2.0)
 
 
-def problem_from_config(config: ModelConfig) -> Problem:
+def problem_from_config(config: ModelConfig, *, score: str = "auto") -> Problem:
     """The :class:`Problem` a model file describes (first ``PROBE_SEEDS`` seeds of its sweep)."""
     config.training.require_plain_loss("lradvisor suggest")
     training = config.training
@@ -47,6 +47,7 @@ def problem_from_config(config: ModelConfig) -> Problem:
         steps=training.steps,
         seeds=seeds,
         device=training.device,
+        score=score,
         name=config.name,
     )
 
@@ -56,12 +57,14 @@ def advise(
     *,
     probe: bool = False,
     widths: bool = False,
+    score: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> Advice:
     """Advice for a model file: :func:`~lradvisor.advisor.pipeline.advise_problem` plus the
-    opt-in width law (``widths``) and validation sweep (``probe``)."""
+    opt-in width law (``widths``) and validation sweep (``probe``). ``score``: as in
+    :func:`~lradvisor.suggest` (``data.validation_fraction`` makes the validation split)."""
     say = progress or (lambda _message: None)
-    problem = problem_from_config(config)
+    problem = problem_from_config(config, score=score)
     advice, theory = advise_problem(problem, loss_name=config.training.loss, progress=say)
     rules, timings, extra = dict(advice.rules), dict(advice.timings), {}
     if widths:

@@ -48,6 +48,7 @@ def suggest(
     device: str | torch.device = "cpu",
     schedule: str | Schedule | None = None,
     momentum: float | None = None,
+    score: str = "auto",
     name: str | None = None,
     progress: Progress | None = None,
 ) -> Advice:
@@ -73,6 +74,8 @@ def suggest(
         schedule: ``"constant"``, ``"cosine"``, ``"linear"``, ``"warmup-cosine"`` or a
             function ``(step, steps) → multiplier``; the advice is then the peak rate.
         momentum: override the optimizer's momentum (SGD).
+        score: which loss ranks the probe's rates: ``"val"``, ``"train"``, or ``"auto"``
+            (validation loss when ``val_data`` is given, else training loss).
         progress: called with one line per stage.
 
     Returns:
@@ -103,6 +106,7 @@ def suggest(
         device=device,
         schedule=schedule,
         momentum=momentum,
+        score=score,
         name=name,
     )
     loss_name = getattr(loss_fn, "__name__", type(loss_fn).__name__)

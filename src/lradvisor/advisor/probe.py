@@ -202,7 +202,7 @@ def run_probe(
     steps = problem.probe_steps
     rung = max(1, round(RUNG_FRACTION * steps))
     data = ProbeData(problem, problem.seeds, steps)
-    book = _Book("val" if problem.X_val is not None else "train")
+    book = _Book(problem.score)
     bracket = sorted(bound.bracket)
     say(f"probe: {len(bracket)} rates × {len(problem.seeds)} seeds to step {rung}")
     cohort = make_cohort(problem, data, bracket, problem.seeds)

@@ -54,6 +54,7 @@ class Problem:
     schedule_name: str
     classification: bool
     cross_entropy: bool
+    score: str  # "val" or "train": the split whose loss ranks the probe's rates
     notes: list[str] = field(default_factory=list)
     loop_reason: str | None = None  # why probe trials run one by one, when they do
 
@@ -92,6 +93,7 @@ def build_problem(
     device: str | torch.device = "cpu",
     schedule: str | Schedule | None = None,
     momentum: float | None = None,
+    score: str = "auto",
     name: str | None = None,
 ) -> Problem:
     """Normalise the arguments of :func:`lradvisor.suggest` (see there) into a :class:`Problem`."""
@@ -121,6 +123,11 @@ def build_problem(
             notes.append(f"batch_size {batch_size} ≥ {len(X)} training samples: full batch")
             batch_size = None
     schedule_fn, schedule_name = _schedule(schedule)
+    if score not in ("auto", "val", "train"):
+        raise LRAdvisorError(f"score must be 'auto', 'val' or 'train', but got {score!r}.")
+    if score == "val" and X_val is None:
+        raise LRAdvisorError("score 'val' needs val_data (validation data to score on).")
+    split = "train" if score == "train" or X_val is None else "val"
     outputs = _check_model(first, label, X, y, loss_fn)
     classification = _is_classification(outputs, y)
     return Problem(
@@ -141,6 +148,7 @@ def build_problem(
         schedule_name=schedule_name,
         classification=classification,
         cross_entropy=classification and _is_cross_entropy(loss_fn),
+        score=split,
         notes=notes + list(spec.notes),
     )
 

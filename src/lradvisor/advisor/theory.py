@@ -360,10 +360,7 @@ def _regime(problem: Problem, bound: Bound, choice: Choice, result: Theory) -> N
     if bound.value is not None:
         ratio = rate / bound.value
         below = ratio < 1.0
-        result.regime = (
-            f"{'below' if below else 'above'} the {bound.kind} bound "
-            f"({'perturbative, sub-EoS' if below else 'edge of stability'})"
-        )
+        result.regime = f"{'sub-EoS' if below else 'EoS'} ({ratio:.2f}× the {bound.kind} bound)"
         result.rules["regime"] = f"η_rec / bound = {ratio:.2f}" + (
             ": the local quadratic is stable at this rate; the spectral formula applies with perturbative corrections"
             if below
@@ -376,7 +373,7 @@ def _regime(problem: Problem, bound: Bound, choice: Choice, result: Theory) -> N
         result.rules["regime"] = "no bound at θ₀ and no adaptive-EoS measurement"
         return
     ratio = adaptive["ratio"]
-    result.regime = f"adaptive: η_rec·λ(P⁻¹H) at {ratio:.2f}× the adaptive EoS"
+    result.regime = f"adaptive ({ratio:.2g}× the adaptive EoS)"
     result.rules["regime"] = (
         f"after {adaptive['steps']} probe steps at η_rec, λ_max(P⁻¹H) = {adaptive['preconditioned_sharpness']:.4g}, "
         f"so (2 + 2β₁)/((1 − β₁)·λ) = {adaptive['threshold_lr']:.3g}; Cohen et al. (2022) expect full-batch "

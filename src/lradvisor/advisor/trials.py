@@ -18,7 +18,8 @@ seed see the same mini-batches (a fresh permutation per epoch, :func:`batch_indi
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -36,6 +37,22 @@ DIVERGENCE_FACTOR = 1e3  # a loss this many times its initial value counts as di
 TRAIN_EVAL_SAMPLES = 1024  # training loss is scored on a fixed subsample of this size
 VAL_EVAL_SAMPLES = 4096
 EVAL_CHUNK = 1024
+
+
+@contextmanager
+def _vmap_friendly_kernels() -> Iterator[None]:
+    """Kernels vmap has batching rules for: scaled-dot-product attention as plain matmuls and
+    softmax (the flash kernel and MultiheadAttention's fused fast path have none, and vmap would
+    fall back to a Python loop over the trials)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 class _VmapUnsupported(Exception):
@@ -224,7 +241,7 @@ class BatchedCohort(Cohort):
         """Per-trial gradients and losses: a vmapped forward, one backward of the summed
         losses (trials share no parameters, so each trial's slice is its own gradient)."""
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        with torch.enable_grad():
+        with torch.enable_grad(), _vmap_friendly_kernels():
             losses = self._forward_fn(in_dim)(leaves, extra, x, y)
             grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         return dict(zip(leaves, grads, strict=True)), losses.detach()
@@ -255,10 +272,11 @@ class BatchedCohort(Cohort):
         mapped = vmap(function, in_dims=(0, 0, None, None), randomness="different")
         self.base.eval()
         try:
-            return [
-                mapped(self.params, self.extra, x[i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK])
-                for i in range(0, len(x), EVAL_CHUNK)
-            ]
+            with _vmap_friendly_kernels():
+                return [
+                    mapped(self.params, self.extra, x[i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK])
+                    for i in range(0, len(x), EVAL_CHUNK)
+                ]
         except Exception as error:  # the user's model raised in eval mode
             raise model_error(self.problem.name, f"evaluation at step {self.step}", error) from None
         finally:
