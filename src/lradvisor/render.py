@@ -151,8 +151,10 @@ def render_advice(advice) -> str:
     add("recommended_lr", f"{advice.recommended_lr:.4g}")
     add("lr_range", f"{advice.lr_range[0]:.3g} … {advice.lr_range[1]:.3g}")
     bound = advice.bound
-    value = "none" if bound["value"] is None else f"{bound['value']:.4g}"
-    add("bound", f"{value} ({bound['kind']})")
+    add(
+        "bound",
+        bound["kind"] if bound["value"] is None else f"{bound['value']:.4g} ({bound['kind']})",
+    )
     if advice.lambda_max is not None:
         add("lambda_max", f"{advice.lambda_max:.4g}")
         add("eos_lr", f"{advice.eos_lr:.4g}")
