@@ -77,16 +77,19 @@ def stability_bound(problem: Problem, sharpness: Sharpness, model: nn.Module) ->
         weight_decay=spec.weight_decay,
     )
     powers = SCALE_INVARIANT_POWERS if batchnorm else BRACKET_POWERS
-    low, high = 2.0 ** powers[0], 2.0 ** powers[-1]
     return Bound(
         kind=_kind(spec),
         value=value,
         eos_lr=eos,
         rule=f"{_formula(spec)} with {source}",
         bracket=tuple(value * m for m in bracket_multipliers(powers)),
-        bracket_rule=f"{low:g} … {high:g} × the bound, factor 2",
+        bracket_rule=f"{_power(powers[0])} … {_power(powers[-1])} × the bound, factor 2",
         warnings=tuple(warnings + _sgd_warnings(problem)),
     )
+
+
+def _power(k: int) -> str:
+    return f"1/{2**-k}" if k < 0 else f"{2**k}"
 
 
 def _curvature(problem: Problem, sharpness: Sharpness) -> tuple[float | None, str]:
@@ -115,8 +118,8 @@ def _formula(spec) -> str:
         return f"η < 2(1 + β)/((1 + 2β)·{curvature}), β = {beta:g} (Nesterov, derived from its companion matrix)"
     if beta:
         dampening = float(spec.hyper.get("dampening", 0.0) or 0.0)
-        damp = f"(1 − {dampening:g})·" if dampening else ""
-        return f"η < 2(1 + β)/({damp}{curvature}), β = {beta:g} (heavy-ball momentum)"
+        denominator = f"((1 − {dampening:g})·{curvature})" if dampening else curvature
+        return f"η < 2(1 + β)/{denominator}, β = {beta:g} (heavy-ball momentum)"
     return f"η < 2/{curvature} (gradient descent)"
 
 

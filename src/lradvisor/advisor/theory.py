@@ -361,11 +361,18 @@ def _regime(problem: Problem, bound: Bound, choice: Choice, result: Theory) -> N
         ratio = rate / bound.value
         below = ratio < 1.0
         result.regime = f"{'sub-EoS' if below else 'EoS'} ({ratio:.2f}× the {bound.kind} bound)"
-        result.rules["regime"] = f"η_rec / bound = {ratio:.2f}" + (
-            ": the local quadratic is stable at this rate; the spectral formula applies with perturbative corrections"
-            if below
-            else ": the local quadratic at θ₀ is unstable at this rate; training moves to flatter regions first (catapult / EoS), the formula does not describe it"
-        )
+        formula = problem.optimizer.plain_gradient_descent
+        if below:
+            meaning = "the local quadratic at θ₀ is stable at this rate" + (
+                "; the spectral formula applies with perturbative corrections" if formula else ""
+            )
+        else:
+            meaning = (
+                "the local quadratic at θ₀ is unstable at this rate; training first moves to "
+                "flatter regions (catapult / Edge of Stability)"
+                + ("; the spectral formula does not describe it" if formula else "")
+            )
+        result.rules["regime"] = f"η_rec / bound = {ratio:.2f}: {meaning}"
         return
     adaptive = result.adaptive
     if adaptive is None:
