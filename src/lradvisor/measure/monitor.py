@@ -132,6 +132,7 @@ class ConservationMonitor:
             )
         self._optimizer_notes = self._check_optimizer()
         self._laws = [self._build_law(pair) for pair in self.discovery.pairs]
+        self._squares = _SquareSums()
         self.steps = 0
         self._optimizer_steps = 0
         self._history: list[tuple[int, list[torch.Tensor], list[torch.Tensor]]] = []
@@ -213,18 +214,17 @@ class ConservationMonitor:
         if self.track_every is not None and self.steps % self.track_every == 0:
             self._record()
         groups = None if self.optimizer is None else self.optimizer.param_groups
-        for law in self._laws:
-            if law.broken:
-                continue
-            rate = self._rate(law, groups)
+        live = [law for law in self._laws if not law.broken]
+        rates = [self._rate(law, groups) for law in live]
+        sums = self._squares.compute(
+            [law for law, rate in zip(live, rates, strict=True) if rate is not None]
+        )
+        for law, rate in zip(live, rates, strict=True):
             if rate is None:
                 continue
-            delta = unit_balance(
-                _grad(law.out_weight),
-                _grad(law.in_weight),
-                _optional_grad(law.in_bias),
-                dtype=law.delta_dtype,
-            )
+            delta = sums[id(law.out_weight), -2] - sums[id(law.in_weight), -1]
+            if law.in_bias is not None:
+                delta = delta - sums[id(law.in_bias), None]
             if isinstance(rate, torch.Tensor):
                 law.identity_sum.add_(delta * rate.to(delta) ** 2)
             else:
@@ -412,6 +412,48 @@ class ConservationMonitor:
             self._unhook()
 
 
+class _SquareSums:
+    """The per-unit sums of squared gradients the laws need, one pass per parameter.
+
+    A weight that is B of one law and A of the next is squared once and reduced both ways;
+    every square goes into one scratch buffer kept between steps, so a step allocates only
+    the per-unit sums (no full-size temporaries: their page faults cost more than the sums).
+    """
+
+    def __init__(self) -> None:
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}
+
+    def compute(self, laws: list[_Law]) -> dict[tuple[int, int | None], torch.Tensor]:
+        wanted: dict[int, tuple[nn.Parameter, torch.dtype, set[int | None]]] = {}
+        for law in laws:
+            for parameter, dim in (
+                (law.out_weight, -2),
+                (law.in_weight, -1),
+                (law.in_bias, None),
+            ):
+                if parameter is not None:
+                    entry = wanted.setdefault(id(parameter), (parameter, law.delta_dtype, set()))
+                    entry[2].add(dim)
+        sums: dict[tuple[int, int | None], torch.Tensor] = {}
+        for key, (parameter, dtype, dims) in wanted.items():
+            grad = _grad(parameter)
+            square = self._square(grad, dtype)
+            for dim in dims:
+                sums[key, dim] = square.clone() if dim is None else square.sum(dim)
+        return sums
+
+    def _square(self, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        scratch = self._scratch.get(dtype)
+        if scratch is None or scratch.numel() < grad.numel() or scratch.device != grad.device:
+            scratch = torch.empty(grad.numel(), dtype=dtype, device=grad.device)
+            self._scratch[dtype] = scratch
+        view = scratch[: grad.numel()].view(grad.shape)
+        if grad.dtype == dtype:
+            return torch.mul(grad, grad, out=view)
+        view.copy_(grad)
+        return view.mul_(view)
+
+
 def _counting_hook(monitor: ConservationMonitor):
     """Optimizer post-step hook counting steps; holds the monitor weakly."""
     reference = weakref.ref(monitor)
@@ -452,10 +494,6 @@ def _grad(parameter: nn.Parameter) -> torch.Tensor:
             "before optimizer.step()"
         )
     return parameter.grad
-
-
-def _optional_grad(parameter: nn.Parameter | None) -> torch.Tensor | None:
-    return None if parameter is None else _grad(parameter)
 
 
 def _unit_identity(
