@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lradvisor.studies.paper.claims import (
+from lradvisor.replication.claims import (
     NOT_REPRODUCED,
     PARTLY,
     REPRODUCED,
@@ -18,7 +18,7 @@ from lradvisor.studies.paper.claims import (
     judge,
     lookup,
 )
-from lradvisor.studies.paper.spec import Claim
+from lradvisor.replication.spec import Claim
 
 
 def claim(check: str, metric: str = "x", **fields) -> Claim:

@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from lradvisor.errors import ConfigError, LRAdvisorError
-from lradvisor.studies.paper.kinds import KINDS, sweeps
-from lradvisor.studies.paper.kinds.sweeps import PROTOCOL, drift_sweep, grid_sweep
-from lradvisor.studies.paper.spec import (
+from lradvisor.replication.kinds import KINDS, VALIDATORS
+from lradvisor.replication.kinds.drift import drift_sweep
+from lradvisor.replication.kinds.grid import grid_sweep
+from lradvisor.replication.kinds.sweeps import PROTOCOL
+from lradvisor.replication.spec import (
     canonical_id,
     default_studies_dir,
     find_experiments,
@@ -128,9 +130,9 @@ def test_every_study_file_loads_and_the_sweep_protocols_build():
     if len(files) == 23:
         assert numbers == list(range(1, 24))
     for experiment in experiments:
-        if experiment.kind in sweeps.KINDS:
+        if experiment.kind in VALIDATORS:
             for quick in (False, True):
-                sweeps.validate(experiment.kind, experiment.protocol_for(quick=quick))
+                VALIDATORS[experiment.kind](experiment.protocol_for(quick=quick))
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,21 @@ import torch
 import yaml
 
 from lradvisor.config import parse_config
+from lradvisor.measure.hessian import dense_spectrum, flat_gradient
 from lradvisor.prediction import predict_imbalance_sum
-from lradvisor.studies.paper.kinds import spectral
-from lradvisor.studies.paper.outcome import Figure, Outcome
+from lradvisor.replication.kinds import (
+    KINDS,
+    ck_validation,
+    common,
+    coupling,
+    hessian_evolution,
+    hessian_time,
+    spectral_prediction,
+    tau,
+    width_switch,
+)
+from lradvisor.replication.kinds import modes as mode_algebra
+from lradvisor.replication.outcome import Figure, Outcome
 from lradvisor.theory import gradient_imbalance_sum, mode_coefficients
 
 EXACT = 1e-10
@@ -37,7 +49,7 @@ def _tiny(**protocol) -> dict:
 def test_mode_sums_are_the_geometric_sums(lam: float) -> None:
     lr, steps = 0.1, 50
     explicit = sum((1 - lr * lam) ** (2 * t) for t in range(steps))
-    got = spectral.mode_sums(lr, np.array([lam]), steps=steps)[0]
+    got = mode_algebra.mode_sums(lr, np.array([lam]), steps=steps)[0]
     assert got == pytest.approx(explicit, rel=1e-9)
 
 
@@ -67,7 +79,7 @@ def test_empirical_coefficients_recover_planted_ck_on_a_quadratic() -> None:
         [1e-3, 0.05, 0.2], _quadratic_run([1e-3, 0.05, 0.2], eigenvalues, a0, steps), strict=True
     ):
         s_formula = gradient_imbalance_sum(lr, eigenvalues, planted, steps=steps)
-        empirical = spectral.empirical_coefficients(
+        empirical = mode_algebra.empirical_coefficients(
             projections, eigenvalues, lr, imbalance_sum=float(s_formula)
         )
         np.testing.assert_allclose(empirical, planted, rtol=1e-9)
@@ -77,16 +89,18 @@ def test_empirical_coefficients_reproduce_the_measured_sum() -> None:
     eigenvalues = np.array([3.0, 1.0, 0.2])
     rng = np.random.default_rng(1)
     projections = rng.normal(size=(30, 3))  # any history, not a quadratic one
-    empirical = spectral.empirical_coefficients(projections, eigenvalues, 0.1, imbalance_sum=-7.5)
-    total = (empirical * spectral.mode_sums(0.1, eigenvalues, steps=30)).sum()
+    empirical = mode_algebra.empirical_coefficients(
+        projections, eigenvalues, 0.1, imbalance_sum=-7.5
+    )
+    total = (empirical * mode_algebra.mode_sums(0.1, eigenvalues, steps=30)).sum()
     assert total == pytest.approx(7.5, rel=EXACT)
 
 
 def test_correlations_identical_and_permuted_spectra() -> None:
     c = np.array([5.0, 3.0, 2.0, 1.0, 0.5, 0.1])
-    assert spectral.spectrum_correlations(c, c.copy(), modes=6) == pytest.approx((1.0, 1.0))
+    assert mode_algebra.spectrum_correlations(c, c.copy(), modes=6) == pytest.approx((1.0, 1.0))
     shuffled = c[[3, 0, 5, 1, 4, 2]]
-    sorted_r, matched_r = spectral.spectrum_correlations(c, shuffled, modes=6)
+    sorted_r, matched_r = mode_algebra.spectrum_correlations(c, shuffled, modes=6)
     assert sorted_r == pytest.approx(1.0)
     assert matched_r < 0.5
 
@@ -94,7 +108,7 @@ def test_correlations_identical_and_permuted_spectra() -> None:
 def test_correlations_use_the_largest_predicted_modes() -> None:
     predicted = np.array([0.01, 10.0, 0.02, 5.0, 2.0])
     empirical = np.array([99.0, 10.0, -50.0, 5.0, 2.0])  # wrong only on the small modes
-    assert spectral.spectrum_correlations(predicted, empirical, modes=3) == pytest.approx(
+    assert mode_algebra.spectrum_correlations(predicted, empirical, modes=3) == pytest.approx(
         (1.0, 1.0)
     )
 
@@ -107,7 +121,7 @@ def test_tau_fit_recovers_a_planted_law() -> None:
     steps = np.arange(0, 3001, 10, dtype=float)
     a, b = 1.33, 29.0
     curves = [0.8 * np.exp(-steps / (a / lr + b)) for lr in lrs]
-    law = spectral._tau_law(lrs, spectral._tau_table(steps, curves, start=25, floor=0.0))
+    law = tau._tau_law(lrs, tau._tau_table(steps, curves, start=25, floor=0.0))
     assert law["a"] == pytest.approx(a, rel=1e-9)
     assert law["b"] == pytest.approx(b, rel=1e-7)
     assert law["r2"] == pytest.approx(1.0, abs=1e-12)
@@ -118,8 +132,8 @@ def test_tau_floor_ends_the_window_at_the_same_point_of_a_power_law_decay() -> N
     lrs = np.array([0.003, 0.005, 0.01, 0.02, 0.03])
     steps = np.arange(0, 3001, 10, dtype=float)
     curves = [0.8 / (1 + lr * steps / 0.3) for lr in lrs]
-    literal = spectral._tau_law(lrs, spectral._tau_table(steps, curves, start=25, floor=0.0))
-    floored = spectral._tau_law(lrs, spectral._tau_table(steps, curves, start=25, floor=0.05))
+    literal = tau._tau_law(lrs, tau._tau_table(steps, curves, start=25, floor=0.0))
+    floored = tau._tau_law(lrs, tau._tau_table(steps, curves, start=25, floor=0.05))
     assert floored["r2"] > 0.99
     assert literal["r2"] < floored["r2"]
 
@@ -142,7 +156,7 @@ def test_spectral_prediction_matches_the_library_prediction() -> None:
         lrs=[1e-3, 1e-2, 0.1],
         variants={"linear": {"model": {"activation": "identity"}}, "relu": {}},
     )
-    outcome = spectral.spectral_prediction(
+    outcome = spectral_prediction.spectral_prediction(
         protocol, quick=False, progress=lambda d, t, label: calls.append(label)
     )
     _check(outcome, ["linear", "relu"])
@@ -154,21 +168,21 @@ def test_spectral_prediction_matches_the_library_prediction() -> None:
 
 def test_hessian_time_prediction_at_step_zero_is_the_init_prediction() -> None:
     lrs = [1e-3, 1e-2, 0.05]
-    outcome = spectral.hessian_time_prediction(
+    outcome = hessian_time.hessian_time_prediction(
         _tiny(lrs=lrs, train_lr=0.05, hessian_steps=[0, 20]), quick=True, progress=None
     )
     _check(outcome, ["r_at_0", "r_at_20", "by_step", "best_step"])
     config = parse_config(TINY_MODEL)
     library = predict_imbalance_sum(config, lrs=np.array(lrs), seeds=[42], steps=40)
-    ours = spectral._config(_tiny())
-    data, weights = spectral._seed_data(ours, 42)
-    mine, _ = spectral._predict_from(ours, data, spectral._flat(weights), np.array(lrs), 40)
+    ours = common.config_from(_tiny())
+    data, weights = common.seed_data(ours, 42)
+    mine, _ = hessian_time._predict_from(ours, data, common.flat(weights), np.array(lrs), 40)
     np.testing.assert_allclose(mine, library.imbalance_sum[:, 0], rtol=1e-9)
     assert -1 <= outcome.values["r_at_20"] <= 1
 
 
 def test_activation_coupling_reports_a_qualitative_verdict() -> None:
-    outcome = spectral.activation_coupling(
+    outcome = coupling.activation_coupling(
         _tiny(lrs=[1e-3, 1e-2, 0.1], seeds=[42, 137]), quick=True, progress=None
     )
     _check(outcome, ["hamming", "alpha_local", "smooth", "largest_alpha_step"])
@@ -184,7 +198,7 @@ def test_width_switch_rate_runs_each_width_and_its_eos_rate() -> None:
         steps=30,
         variants={"ce": {}, "mse": {"training": {"loss": "mse"}}},
     )
-    outcome = spectral.width_switch_rate(protocol, quick=True, progress=None)
+    outcome = width_switch.width_switch_rate(protocol, quick=True, progress=None)
     assert set(outcome.values) == {"ce", "mse"}
     for variant in outcome.values.values():
         for key in ("exponent_at_largest_lr", "exponent_at_eos", "eos_lr", "lambda_max"):
@@ -196,16 +210,16 @@ def test_width_switch_rate_runs_each_width_and_its_eos_rate() -> None:
 
 
 def test_hessian_evolution_lambda_max_matches_the_dense_hessian_at_init() -> None:
-    outcome = spectral.hessian_evolution(
+    outcome = hessian_evolution.hessian_evolution(
         _tiny(lr=0.05, ns=[30, 60], checkpoints=[0, 20, 40], fall_step=20),
         quick=True,
         progress=None,
     )
     _check(outcome, ["fall_factor", "fall_factor_last", "tau_spread", "lambda_initial", "by_n"])
-    config = spectral._config(_tiny(), data={"n": 30})
-    data, weights = spectral._seed_data(config, 42)
-    loss_fn = spectral._loss_function(config, data)
-    dense = spectral.dense_spectrum(loss_fn, spectral._flat(weights)).lambda_max
+    config = common.config_from(_tiny(), data={"n": 30})
+    data, weights = common.seed_data(config, 42)
+    loss_fn = common.loss_function(config, data)
+    dense = dense_spectrum(loss_fn, common.flat(weights)).lambda_max
     assert outcome.values["by_n"]["30"]["lambda_initial"] == pytest.approx(dense, rel=1e-6)
     assert outcome.values["fall_step"] == 20
 
@@ -218,7 +232,7 @@ def test_ck_validation_is_exact_in_the_linearised_limit() -> None:
         "model": {"hidden": [8], "activation": "identity", "bias": False},
         "training": {"loss": "mse", "steps": 40, "dtype": "float64"},
     }
-    outcome = spectral.ck_validation(protocol, quick=True, progress=None)
+    outcome = ck_validation.ck_validation(protocol, quick=True, progress=None)
     keys = ["r_sorted", "r_matched", "r_sorted_min", "r_matched_min", "r_matched_log"]
     _check(outcome, [*keys, "r_sorted_imbalance", "r_matched_imbalance"])
     assert outcome.values["r_matched_by_lr"]["1e-06"] == pytest.approx(1.0, abs=1e-6)
@@ -228,29 +242,29 @@ def test_ck_validation_is_exact_in_the_linearised_limit() -> None:
 
 def test_mode_shares_of_the_imbalance_sum_to_delta_over_a_complete_basis() -> None:
     """Σ_k (g·v_k)(Dg·v_k) = gᵀDg = δ = ‖G₂‖² − ‖G₁‖² when the v_k span the space."""
-    config = spectral._config(_tiny())
-    data, weights = spectral._seed_data(config, 42)
-    loss_fn = spectral._loss_function(config, data)
-    theta0 = spectral._flat(weights)
-    vectors = torch.from_numpy(spectral.dense_spectrum(loss_fn, theta0).eigenvectors)
+    config = common.config_from(_tiny())
+    data, weights = common.seed_data(config, 42)
+    loss_fn = common.loss_function(config, data)
+    theta0 = common.flat(weights)
+    vectors = torch.from_numpy(dense_spectrum(loss_fn, theta0).eigenvectors)
     thetas = torch.stack([theta0, 1.1 * theta0, theta0.flip(0)])
-    energy, imbalance = spectral._projections(
-        loss_fn, thetas, vectors, spectral._imbalance_signs(config, data)
+    energy, imbalance = ck_validation._projections(
+        loss_fn, thetas, vectors, ck_validation._imbalance_signs(config, data)
     )
     for row, theta in enumerate(thetas):
-        gradient = spectral.flat_gradient(loss_fn, theta)
-        delta = spectral._first_law_imbalance(config, data, gradient)
+        gradient = flat_gradient(loss_fn, theta)
+        delta = common.first_law_imbalance(config, data, gradient)
         assert (energy[row] * imbalance[row]).sum() == pytest.approx(delta, rel=1e-9, abs=1e-14)
         assert (energy[row] ** 2).sum() == pytest.approx(float(gradient @ gradient), rel=1e-9)
 
 
 def test_first_principles_coefficients_are_the_end_to_end_gradient_energy() -> None:
     """c_k ∝ ‖e_k‖²λ_x,k² is the energy of ∂L/∂M along the data eigen-directions u_k."""
-    config = spectral._config(
+    config = common.config_from(
         {"model": {**TINY_MODEL, "model": {"hidden": [8], "activation": "identity"}}}
     )
-    data, weights = spectral._seed_data(config, 42)
-    coefficients = spectral._first_principles(data, weights)
+    data, weights = common.seed_data(config, 42)
+    coefficients = ck_validation._first_principles(data, weights)
     X = data.X.double()
     target = torch.nn.functional.one_hot(data.y, data.classes).double()
     M = (weights[1] @ weights[0]).clone().requires_grad_(True)
@@ -264,7 +278,7 @@ def test_first_principles_coefficients_are_the_end_to_end_gradient_energy() -> N
 def test_tau_fit_kind_returns_the_law_and_its_window_sensitivity() -> None:
     protocol = _tiny(lrs=[0.05, 0.1, 0.2, 0.4], steps=200, fit_start=5, fit_floor=0.05)
     protocol["model"] = {**TINY_MODEL, "training": {"loss": "ce", "steps": 200}}
-    outcome = spectral.tau_fit(protocol, quick=True, progress=None)
+    outcome = tau.tau_fit(protocol, quick=True, progress=None)
     _check(outcome, ["tau", "a", "b", "r2", "literal", "by_floor", "efold"])
     assert outcome.values["fit_floor"] == 0.05
     assert "0.05" in outcome.values["by_floor"]
@@ -275,7 +289,7 @@ def test_mode_coefficients_and_formula_agree_with_the_sum_of_mode_terms() -> Non
     vectors = np.eye(3)
     gradient = np.array([1.0, 2.0, 0.5])
     modes = mode_coefficients(gradient, vectors, eigenvalues, delta0=2.0)
-    by_terms = (modes.coefficients * spectral.mode_sums(0.1, eigenvalues, steps=100)).sum()
+    by_terms = (modes.coefficients * mode_algebra.mode_sums(0.1, eigenvalues, steps=100)).sum()
     formula = gradient_imbalance_sum(0.1, eigenvalues, modes.coefficients, steps=100)
     assert by_terms == pytest.approx(float(formula), rel=1e-12)
 
@@ -286,7 +300,7 @@ def test_mode_coefficients_and_formula_agree_with_the_sum_of_mode_terms() -> Non
 @pytest.mark.parametrize("name", OUR_STUDIES)
 def test_study_files_name_our_kinds_and_metrics(name: str) -> None:
     study = yaml.safe_load((STUDIES / f"{name}.yaml").read_text())
-    assert study["kind"] in spectral.KINDS
+    assert study["kind"] in KINDS
     assert set(study) >= {"id", "name", "kind", "protocol", "quick", "claims"}
     checks = {"approx", "greater", "less", "between", "increasing", "decreasing", "constant"}
     for claim in study["claims"]:

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lradvisor.studies.paper.kinds import sweeps
+from lradvisor.replication.kinds import drift as drift_kind
+from lradvisor.replication.kinds import grid as grid_kind
+from lradvisor.replication.kinds import sweeps
 from lradvisor.theory import additive_interaction
 
 MODEL = {
@@ -19,10 +21,10 @@ BASE = {"model": MODEL, "lrs": [0.003, 0.03, 0.3], "seeds": [1, 2]}
 
 
 def test_interpolated_activation_end_points_are_identity_and_relu_exactly():
-    grid = sweeps.grid_sweep(
+    grid = grid_kind.grid_sweep(
         {**BASE, "grid": {"activation_eps": [0.0, 1.0]}}, quick=True, progress=None
     ).values
-    plain = sweeps.drift_sweep(
+    plain = drift_kind.drift_sweep(
         {
             **BASE,
             "compare": [
@@ -39,7 +41,7 @@ def test_interpolated_activation_end_points_are_identity_and_relu_exactly():
 
 def test_grid_analyses_and_progress():
     calls = []
-    outcome = sweeps.grid_sweep(
+    outcome = grid_kind.grid_sweep(
         {
             **BASE,
             "grid": {"width": [4, 8], "loss": ["mse", "ce"]},
@@ -71,9 +73,9 @@ def test_identical_sweeps_run_once(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(sweeps, "run_sweep", counting)
-    first = sweeps.drift_sweep(BASE, quick=True, progress=None).values
+    first = drift_kind.drift_sweep(BASE, quick=True, progress=None).values
     renamed = {**BASE, "model": {**MODEL, "name": "another"}}
-    second = sweeps.drift_sweep(renamed, quick=True, progress=None).values
+    second = drift_kind.drift_sweep(renamed, quick=True, progress=None).values
     assert len(runs) == 1 and first["alpha"] == second["alpha"]
     sweeps.clear_cache()
 
@@ -81,13 +83,15 @@ def test_identical_sweeps_run_once(monkeypatch):
 def test_ratio_and_the_reference_for_a_target():
     lrs = [1e-4, 1e-3, 1e-2, 0.5]
     drift = [lr**1.5 for lr in lrs]
-    ratio = sweeps._ratios({"ratio": {"at": 0.5, "references": [1e-3], "target": 1000}}, lrs, drift)
+    ratio = drift_kind._ratios(
+        {"ratio": {"at": 0.5, "references": [1e-3], "target": 1000}}, lrs, drift
+    )
     assert ratio["by_reference"]["0.001"] == pytest.approx(500**1.5)
     assert ratio["reference_for_target"] == pytest.approx(0.5 / 1000 ** (1 / 1.5))
 
 
 def test_fit_range_keeps_the_full_grid_fit_beside_it():
-    values = sweeps.drift_sweep(
+    values = drift_kind.drift_sweep(
         {**BASE, "fit_max_lr": 0.1, "lrs": [1e-3, 3e-3, 0.01, 0.03, 0.3]}, quick=True, progress=None
     ).values
     assert values["fit_max_lr"] == 0.1 and values["n_points"] == 4

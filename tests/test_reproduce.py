@@ -8,15 +8,15 @@ import yaml
 from click.testing import CliRunner
 
 from lradvisor.cli import main
-from lradvisor.studies.paper.outcome import Figure, Outcome, Series
-from lradvisor.studies.paper.reproduce import (
+from lradvisor.replication.outcome import Figure, Outcome, Series
+from lradvisor.replication.reproduce import (
     QUICK_NOTE,
     ExperimentRow,
     ReplicationResult,
     render_table,
     reproduce,
 )
-from lradvisor.studies.paper.spec import load_experiment
+from lradvisor.replication.spec import load_experiment
 
 TINY = {
     "id": "E3",
@@ -104,7 +104,7 @@ def test_bad_ids_and_files_are_one_line_errors(tmp_path):
 
 
 def test_report_writes_markdown_and_figures(tmp_path):
-    from lradvisor.studies.paper.report import write_report
+    from lradvisor.replication.report import write_report
 
     (tmp_path / "s").mkdir()
     experiment = load_experiment(_studies(tmp_path / "s", E03=TINY) / "E03.yaml")

@@ -455,9 +455,9 @@ def reproduce(
     """Run the paper's experiments (E5 E7 … or all) and judge their published claims."""
     from tqdm import tqdm
 
-    from lradvisor.studies.paper.reproduce import ERROR, render_table
-    from lradvisor.studies.paper.reproduce import UNITS_PER_EXPERIMENT as UNITS
-    from lradvisor.studies.paper.reproduce import reproduce as run_reproduce
+    from lradvisor.replication.reproduce import ERROR, render_table
+    from lradvisor.replication.reproduce import UNITS_PER_EXPERIMENT as UNITS
+    from lradvisor.replication.reproduce import reproduce as run_reproduce
 
     bar = None
 
@@ -488,7 +488,7 @@ def reproduce(
         json_file.write_text(json.dumps(result.as_dict(), indent=2))
         click.echo(f"wrote {json_file}")
     if report_file is not None:
-        from lradvisor.studies.paper.report import write_report
+        from lradvisor.replication.report import write_report
 
         click.echo(f"wrote {write_report(result, report_file)}")
     failed = [row.id for row in result.rows if row.verdict == ERROR]

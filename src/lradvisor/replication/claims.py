@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lradvisor.studies.paper.spec import Claim
+from lradvisor.replication.spec import Claim
 
 REPRODUCED = "reproduced"
 PARTLY = "partly"

@@ -4,7 +4,7 @@ Every experiment kind is a function
 
     run(protocol: dict, *, quick: bool, progress: Progress | None) -> Outcome
 
-registered under its kind name in :mod:`lradvisor.studies.paper.kinds`. ``protocol`` is the
+registered under its kind name in :mod:`lradvisor.replication.kinds`. ``protocol`` is the
 study file's ``protocol`` mapping with the ``quick`` overrides already merged in when
 ``quick`` is true. The claims of the study file name keys of ``Outcome.values``; the runner,
 not the kind, decides verdicts.

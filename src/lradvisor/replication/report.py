@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lradvisor.studies.paper.claims import format_value
-from lradvisor.studies.paper.outcome import Figure
-from lradvisor.studies.paper.reproduce import QUICK_NOTE, ReplicationResult, figure_dict
+from lradvisor.replication.claims import format_value
+from lradvisor.replication.outcome import Figure
+from lradvisor.replication.reproduce import QUICK_NOTE, ReplicationResult, figure_dict
 
 
 def write_report(result: ReplicationResult, path: str | Path) -> Path:

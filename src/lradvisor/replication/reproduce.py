@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from lradvisor.errors import ConfigError, LRAdvisorError
-from lradvisor.studies.paper.claims import ClaimResult, Verdict, format_value, judge
-from lradvisor.studies.paper.kinds import KINDS, get_kind, sweeps
-from lradvisor.studies.paper.kinds.sweeps import PROTOCOL, clear_cache
-from lradvisor.studies.paper.outcome import Figure, Outcome, Progress
-from lradvisor.studies.paper.spec import Experiment, find_experiments
+from lradvisor.replication.claims import ClaimResult, Verdict, format_value, judge
+from lradvisor.replication.kinds import KINDS, VALIDATORS, get_kind
+from lradvisor.replication.kinds.sweeps import PROTOCOL, clear_cache
+from lradvisor.replication.outcome import Figure, Outcome, Progress
+from lradvisor.replication.spec import Experiment, find_experiments
 
 ERROR = "error"  # the kind could not run (a row, not an abort: the other experiments go on)
 QUICK_NOTE = "QUICK mode: fewer seeds, steps and grid points than the paper's protocols"
@@ -178,9 +178,9 @@ def reproduce(
     """
     experiments = find_experiments(ids, studies_dir=studies_dir, kinds=KINDS)
     for experiment in experiments:
-        if experiment.kind in sweeps.KINDS:
+        if experiment.kind in VALIDATORS:
             with _in_file(experiment, quick):
-                sweeps.validate(experiment.kind, experiment.protocol_for(quick=quick))
+                VALIDATORS[experiment.kind](experiment.protocol_for(quick=quick))
     started = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     clear_cache()
