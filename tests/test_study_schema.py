@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 MODEL = {
     "model": {"hidden": [8]},
-    "data": {"source": "gaussian_mixture", "n": 60, "dim": 6, "classes": 3},
+    "data": {"source": "gaussian_mixture", "n": 100, "dim": 6, "classes": 3},
     "training": {"loss": "ce", "dtype": "float64"},
 }
 STUDY = {

@@ -1,12 +1,20 @@
 """The `lradvisor` command line: parse, call one library function, render.
 
-Every :class:`~lradvisor.errors.LRAdvisorError` becomes one line on stderr and exit code 2.
+Every error a user can cause is one line on stderr, ``lradvisor: error: …``, and exit code
+2: an :class:`~lradvisor.errors.LRAdvisorError` from the library, a bad option (click's
+usage errors), or an output path that cannot be written (checked before any work; a result
+finished before a write fails is saved elsewhere and the line says where). SIGINT and
+SIGTERM stop the command and its worker processes (exit 130 / 143).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -14,9 +22,23 @@ from pathlib import Path
 import click
 import numpy as np
 
+from lradvisor import __version__
 from lradvisor.errors import ConfigError, LRAdvisorError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+#: Longest error line printed (a library message echoing user values is already short).
+MESSAGE_LIMIT = 2000
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    """Print ``lradvisor: error: message`` on one line of stderr and exit."""
+    text = " ".join(str(message).split())
+    if len(text) > MESSAGE_LIMIT:
+        text = text[: MESSAGE_LIMIT - 1] + "…"
+    click.echo(f"lradvisor: error: {text}", err=True)
+    sys.exit(code)
 
 
 def _friendly(command: Callable) -> Callable:
@@ -25,10 +47,57 @@ def _friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except LRAdvisorError as exc:
-            click.echo(f"lradvisor: error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            _fail(str(exc))
+        except MemoryError:
+            _fail("out of memory: a smaller model, data set, batch or fewer trials would fit")
+        except RuntimeError as exc:
+            if not _out_of_memory(exc):
+                raise
+            _fail(f"out of memory ({_first_line(exc)}): a smaller model, batch or fewer trials")
 
     return wrapper
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (worker processes) runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+class _Main(click.Group):
+    """The ``lradvisor`` group: click's usage errors and interrupts as one line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            hint = f" (see '{exc.ctx.command_path} -h')" if getattr(exc, "ctx", None) else ""
+            _fail(exc.format_message() + hint, exc.exit_code if exc.exit_code else EXIT_USAGE)
+        except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+            terminated = isinstance(exc, _Terminated)
+            click.echo(f"lradvisor: {'terminated' if terminated else 'interrupted'}", err=True)
+            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+        finally:
+            if previous in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _number_list(option: str, text: str | None, kind: type) -> list | None:
@@ -44,11 +113,105 @@ def _number_list(option: str, text: str | None, kind: type) -> list | None:
         raise ConfigError("<command line>", option, "at least one value", text)
     if kind is float and any(not np.isfinite(v) or v <= 0 for v in values):
         raise ConfigError("<command line>", option, "learning rates > 0", text)
+    if kind is int and any(not 0 <= v <= 2**63 - 1 for v in values):
+        raise ConfigError("<command line>", option, "seeds between 0 and 2^63 − 1", text)
+    if len(set(values)) != len(values):
+        raise ConfigError(
+            "<command line>", option, "distinct values (a repeat repeats trials)", text
+        )
     return values
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="lradvisor")
+# ------------------------------------------------------------------------- output paths
+
+#: What ``--plot`` can draw to (matplotlib picks the format from the extension).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+class _OutputFile(click.ParamType):
+    """An output path checked when the command line is parsed, before any work: its folder
+    exists and takes a new file, the file (if any) is writable, the extension fits."""
+
+    name = "file"
+
+    def __init__(self, *suffixes: str, stdout: bool = False) -> None:
+        self.suffixes = suffixes
+        self.stdout = stdout
+
+    def convert(self, value, param, ctx) -> Path:
+        if isinstance(value, Path):
+            return value
+        if value == "-" and self.stdout:
+            return Path("-")
+        path = Path(value)
+        if self.suffixes and path.suffix.lower() not in self.suffixes:
+            self.fail(f"{value}: expected a {' / '.join(self.suffixes)} file", param, ctx)
+        problem = output_problem(path)
+        if problem:
+            self.fail(f"{value}: {problem}", param, ctx)
+        return path
+
+
+def output_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written now (None when it can), without leaving a file."""
+    if path.is_dir():
+        return "is a folder"
+    if path.exists() or path.is_symlink():
+        if not (path.is_file() or path.is_char_device()):
+            return "exists and is not a regular file"
+        if not os.access(path, os.W_OK):
+            return "exists and is not writable"
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f"the folder {folder} does not exist"
+    if path.exists():
+        return None
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".lradvisor-probe-")
+    except OSError as exc:
+        return f"the folder {folder} does not take new files ({exc.strerror})"
+    probe.close()
+    return None
+
+
+_unsaved: list[str] = []
+
+
+def _save(path: Path, write: Callable[[Path], object], option: str) -> Path:
+    """``write(path)``; if that fails now, write beside in the current folder or the temp
+    folder, and remember to say so (the command then ends with exit code 2)."""
+    try:
+        write(path)
+        return path
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        fallback = folder / f"{path.stem}-{stamp}{path.suffix}"
+        try:
+            write(fallback)
+        except OSError:
+            continue
+        _unsaved.append(f"could not write {option} {path} ({reason}); saved it as {fallback}")
+        return fallback
+    _unsaved.append(f"could not write {option} {path} ({reason}), nor a copy elsewhere")
+    return path
+
+
+def _text_writer(text: str) -> Callable[[Path], object]:
+    return lambda path: path.write_text(text)
+
+
+def _end() -> None:
+    """Exit 2 with one line per output that went elsewhere than asked."""
+    if _unsaved:
+        message = "; ".join(_unsaved)
+        _unsaved.clear()
+        _fail(message)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="lradvisor")
 def main() -> None:
     """Learning-rate advice from the spectral theory of conservation-law breaking."""
 
@@ -80,7 +243,7 @@ def main() -> None:
 @click.option(
     "--json",
     "json_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_OutputFile(stdout=True),
     help="Write per-η and per-seed records and the fit here ('-' for stdout).",
 )
 @_friendly
@@ -125,8 +288,9 @@ def sweep(
         return
     click.echo(render_sweep(report, law=law - 1))
     if json_file is not None:
-        json_file.write_text(json.dumps(report.to_json(), indent=2))
-        click.echo(f"\nwrote {json_file}")
+        saved = _save(json_file, _text_writer(json.dumps(report.to_json(), indent=2)), "--json")
+        click.echo(f"\nwrote {saved}")
+    _end()
 
 
 @main.command()
@@ -172,13 +336,13 @@ def sweep(
 @click.option(
     "--json",
     "json_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_OutputFile(stdout=True),
     help="Write the advice as JSON here ('-' for stdout).",
 )
 @click.option(
     "--plot",
     "plot_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_OutputFile(*PLOT_SUFFIXES),
     help="Draw the probe's loss vs η beside the theory's drift vs η to this PNG.",
 )
 @_friendly
@@ -220,12 +384,13 @@ def suggest(
         return
     click.echo(render_advice(advice))
     if json_file is not None:
-        json_file.write_text(json.dumps(advice.as_dict(), indent=2, default=float))
-        click.echo(f"wrote {json_file}")
+        text = json.dumps(advice.as_dict(), indent=2, default=float)
+        click.echo(f"wrote {_save(json_file, _text_writer(text), '--json')}")
     if plot_file is not None:
         from lradvisor.plots import plot_advice
 
-        click.echo(f"wrote {plot_advice(advice, plot_file)}")
+        click.echo(f"wrote {_save(plot_file, lambda path: plot_advice(advice, path), '--plot')}")
+    _end()
 
 
 def _with_overrides(config, **overrides):
@@ -270,12 +435,9 @@ class _steps_progress:
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from lradvisor.config import check_device
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "<command line>", "training.device", "'cpu' (no CUDA device is available here)", device
-        )
+    check_device(device)
 
 
 class _progress:
@@ -347,7 +509,7 @@ def study_group() -> None:
 @click.option(
     "--json",
     "json_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_OutputFile(stdout=True),
     help="Write the summary as JSON here ('-' for stdout).",
 )
 @_tracking_options
@@ -381,8 +543,9 @@ def study_run(
         return
     click.echo(render_summary(summary))
     if json_file is not None:
-        json_file.write_text(json.dumps(summary.as_dict(), indent=2, default=float))
-        click.echo(f"wrote {json_file}")
+        text = json.dumps(summary.as_dict(), indent=2, default=float)
+        click.echo(f"wrote {_save(json_file, _text_writer(text), '--json')}")
+    _end()
 
 
 @main.group("mlflow")
@@ -426,13 +589,13 @@ def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> 
 @click.option(
     "--json",
     "json_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_OutputFile(stdout=True),
     help="Write every experiment's verdict, claims and measured values here ('-' for stdout).",
 )
 @click.option(
     "--report",
     "report_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_OutputFile(".md"),
     help="Write a markdown report (table and figures) here, PNGs in a folder beside it.",
 )
 @click.option(
@@ -485,12 +648,14 @@ def reproduce(
         return
     click.echo(render_table(result))
     if json_file is not None:
-        json_file.write_text(json.dumps(result.as_dict(), indent=2))
-        click.echo(f"wrote {json_file}")
+        text = json.dumps(result.as_dict(), indent=2)
+        click.echo(f"wrote {_save(json_file, _text_writer(text), '--json')}")
     if report_file is not None:
         from lradvisor.replication.report import write_report
 
-        click.echo(f"wrote {write_report(result, report_file)}")
+        saved = _save(report_file, lambda path: write_report(result, path), "--report")
+        click.echo(f"wrote {saved}")
+    _end()
     failed = [row.id for row in result.rows if row.verdict == ERROR]
     if failed:  # a claim that does not reproduce is a finding; a crashed experiment is not
         click.echo(f"lradvisor: error: experiment(s) {', '.join(failed)} could not run", err=True)

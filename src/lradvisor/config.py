@@ -615,6 +615,14 @@ def _data_shape_estimate(data: DataSpec) -> tuple[int, int, int]:
     return 1, 1, 2
 
 
+def training_rows_estimate(data: DataSpec) -> int | None:
+    """Training rows after the validation split, before loading (None for a user file)."""
+    if data.source == "file":
+        return None
+    rows, _, _ = _data_shape_estimate(data)
+    return rows - validation_rows(rows, data.validation_fraction)
+
+
 def mlp_parameters(config: ModelConfig, *, hidden: list[int] | None = None) -> int | None:
     """Weights (and biases) of a built-in MLP, None for a factory model (unknown until built)."""
     widths_hidden = hidden if hidden is not None else config.model.hidden

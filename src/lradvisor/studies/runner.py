@@ -16,10 +16,13 @@ COMPLETE + PRUNED + RUNNING + WAITING, and creates the trial (``study.ask`` insi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import warnings
@@ -33,6 +36,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lradvisor.config import check_device, duration_warning
 from lradvisor.errors import LRAdvisorError
 from lradvisor.integrations._study_fits import MIN_DISTINCT_LRS, AlphaGroup, alpha_by_architecture
 from lradvisor.studies.objective import (
@@ -42,7 +46,7 @@ from lradvisor.studies.objective import (
     architecture_key,
     template_parameters,
 )
-from lradvisor.studies.schema import StudySpec, load_study
+from lradvisor.studies.schema import StudySpec, check_study_memory, load_study
 from lradvisor.studies.storage import (
     OWNER_ATTR,
     StorageSpec,
@@ -50,6 +54,7 @@ from lradvisor.studies.storage import (
     fail_dead_local_trials,
     owner_tag,
     resolve_storage,
+    storage_errors,
 )
 
 __all__ = [
@@ -63,6 +68,8 @@ __all__ = [
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 0.5
+#: More worker processes than this per CPU only thrash (and a typo of 10000 forks a storm).
+MAX_WORKERS_PER_CPU = 4
 IDENTITY_ATTR = "lradvisor.identity_holds"
 ADVICE_ATTR = "lradvisor.advice"
 
@@ -153,6 +160,11 @@ def run_study(
     started = time.perf_counter()
     if workers < 1:
         raise LRAdvisorError(f"workers must be at least 1, but got {workers}.")
+    most = max(8, MAX_WORKERS_PER_CPU * (os.cpu_count() or 1))
+    if workers > most:
+        raise LRAdvisorError(
+            f"workers must be at most {most} ({MAX_WORKERS_PER_CPU} per CPU), but got {workers}."
+        )
     if heartbeat_interval < 1 or grace_period <= heartbeat_interval:
         raise LRAdvisorError(
             "heartbeat_interval must be at least 1 s and grace_period longer than it, but got "
@@ -162,7 +174,11 @@ def run_study(
     target = n_trials if n_trials is not None else spec.budget.n_trials
     if target < 1:
         raise LRAdvisorError(f"n_trials must be at least 1, but got {target}.")
+    check_device(spec.template.training.device, file=spec.source_file)
+    check_study_memory(spec, workers=workers)
     name = study_name or spec.name
+    if not 1 <= len(name) <= 200:
+        raise LRAdvisorError(f"a study name has 1 to 200 characters, but got {len(name)}.")
     storage_spec, storage_note = resolve_storage(
         storage,
         workers=workers,
@@ -175,7 +191,12 @@ def run_study(
     say = _say if progress else (lambda _message: None)
     for note in notes:
         say(note)
-    study = _create_study(storage_spec, name, spec)
+    long_run = duration_warning(spec.template, trials=target)
+    if long_run:
+        _say(f"warning: {long_run}")  # said even when quiet: the user may want to stop now
+    _quiet_library_errors()
+    with storage_errors(storage_spec):
+        study = _create_study(storage_spec, name, spec)
     advice_first = spec.sampler.type == "lradvisor"  # the prior needs it; else after the trials
     advice = _advice(study, spec, notes, say) if advice_first else None
     prior = _prior(spec, advice, notes)
@@ -360,15 +381,72 @@ def _pruner(kind: str, spec: StudySpec) -> optuna.pruners.BasePruner | None:
     return ConservationPruner(base)
 
 
-def _worker_main(job: _Job) -> None:
-    """Entry point of a spawned worker process."""
+class _LibraryErrorFilter(logging.Filter):
+    """Drops Optuna's "Trial N failed …" records (a traceback, then the value) for an
+    LRAdvisorError or an interrupt: the error reaches the caller, and the CLI prints it as
+    one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._quiet: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        trial = message.split(" failed ", 1)[0] if message.startswith("Trial ") else None
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (LRAdvisorError, KeyboardInterrupt)) and trial is not None:
+            self._quiet.add(trial)
+            return False
+        if trial is not None and trial in self._quiet and "failed with value" in message:
+            self._quiet.discard(trial)
+            return False
+        return True
+
+
+def _quiet_library_errors() -> None:
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _LibraryErrorFilter) for f in logger.filters):
+        logger.addFilter(_LibraryErrorFilter())
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (even by SIGKILL), so that workers
+    never train on for a study nobody waits for."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # died before prctl
+        os._exit(1)
+
+
+def _worker_main(job: _Job, errors: Any = None) -> None:
+    """Entry point of a spawned worker process.
+
+    Ctrl-C reaches every process of the terminal's group: workers ignore it and the parent
+    stops them. A library error is handed to the parent (one line there) and ends the
+    worker with exit code 2.
+    """
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     if job.threads is not None:
         torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=job.study_name, storage=job.storage.open())
-    _work_in(study, job)
+    _quiet_library_errors()
+    try:
+        storage = job.storage.open()
+        with storage_errors(job.storage):
+            study = optuna.load_study(study_name=job.study_name, storage=storage)
+        _work_in(study, job)
+    except LRAdvisorError as exc:
+        if errors is not None:
+            errors.put(str(exc))
+        sys.exit(2)
 
 
 def _work_in(
@@ -377,10 +455,24 @@ def _work_in(
     """Run trials until the study has ``job.target`` finished ones."""
     callbacks = [job.mlflow] if job.mlflow is not None else []
     try:
-        _run_trials(study, job, callbacks, on_trial)
+        with _database_errors(job.storage):
+            _run_trials(study, job, callbacks, on_trial)
     finally:
         if job.mlflow is not None and on_trial is None:  # a worker process: send, then exit
             job.mlflow.flush()
+
+
+@contextlib.contextmanager
+def _database_errors(storage: StorageSpec):
+    """A storage that fails during the trials (server gone, disk full) is one line too;
+    errors of the user's own code in a trial are not blamed on the storage."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        with storage_errors(storage):
+            raise exc from None
 
 
 def _run_trials(
@@ -443,28 +535,60 @@ def _next_step(study: optuna.Study, target: int) -> str:
 
 
 def _run_processes(jobs: list[_Job], bar: _Bar) -> list[str]:
+    """Run the workers; stop them all when one reports a library error, on Ctrl-C or on
+    SIGTERM (the CLI raises it as an interrupt), then raise that error here."""
     context = multiprocessing.get_context("spawn")
+    errors = context.SimpleQueue()
     processes = [
-        context.Process(target=_worker_main, args=(job,), name=f"lradvisor-study-worker-{index}")
+        context.Process(
+            target=_worker_main, args=(job, errors), name=f"lradvisor-study-worker-{index}"
+        )
         for index, job in enumerate(jobs)
     ]
-    for process in processes:
-        process.start()
+    failure = None
+    with _safe_import_path():
+        for process in processes:
+            process.start()
     try:
         while any(process.is_alive() for process in processes):
             bar.refresh()
+            if not errors.empty():
+                failure = errors.get()
+                break
             time.sleep(POLL_SECONDS)
     finally:
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        for process in processes:
             process.join()
+    if failure is None and not errors.empty():
+        failure = errors.get()
+    if failure is not None:
+        raise LRAdvisorError(failure)
     bar.refresh()
     return [
         f"worker {index} (pid {process.pid}) exited with code {process.exitcode}"
         for index, process in enumerate(processes)
         if process.exitcode != 0
     ]
+
+
+@contextlib.contextmanager
+def _safe_import_path():
+    """Spawned workers start as ``python -c …``, which puts the current folder first on
+    the import path before multiprocessing restores the parent's path: a ``socket.py`` or
+    ``json.py`` in the working folder would run. ``PYTHONSAFEPATH`` (Python ≥ 3.11) keeps
+    the folder off the path in the child."""
+    saved = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = saved
 
 
 class _Bar:

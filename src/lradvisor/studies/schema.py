@@ -16,7 +16,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from lradvisor.config import ModelConfig, load_config, parse_config, read_yaml
+from lradvisor.config import (
+    MAX_SEED,
+    MAX_STEPS,
+    Integer,
+    ModelConfig,
+    Real,
+    _whole_number,
+    check_memory,
+    load_config,
+    parse_config,
+    read_yaml,
+    training_rows_estimate,
+)
 from lradvisor.errors import ConfigError
 
 __all__ = [
@@ -33,6 +45,8 @@ __all__ = [
 ]
 
 DEFAULT_VALIDATION_FRACTION = 0.2
+#: More trials than any study could finish (the duration estimate warns far earlier).
+MAX_TRIALS = 10**9
 PARAMETER_TYPES = ("float", "int", "categorical")
 SAMPLERS = ("tpe", "random", "lradvisor")
 PRUNERS = ("none", "median", "hyperband", "lradvisor")
@@ -59,6 +73,8 @@ class ParameterRule:
         if self.choices is not None:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not math.isfinite(value):
             return False
         if self.integer and value != int(value):
             return False
@@ -92,7 +108,7 @@ PARAMETERS: dict[str, ParameterRule] = {
         ("int", "categorical"), "width of every hidden layer", lower=1, integer=True
     ),
     "depth": ParameterRule(
-        ("int", "categorical"), "number of hidden layers", lower=1, integer=True
+        ("int", "categorical"), "number of hidden layers", lower=1, upper=1001, integer=True
     ),
     "batch_size": ParameterRule(
         ("int", "categorical"),
@@ -106,7 +122,7 @@ PARAMETERS: dict[str, ParameterRule] = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _field_error(field: str, expected: str, got: object = None) -> PydanticCustomError:
@@ -120,11 +136,11 @@ class ParameterSpec(_Strict):
     ``_categorical``)."""
 
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: Real | None = None
+    high: Real | None = None
     log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
+    step: Real | None = None
+    choices: Annotated[list[Any], Field(max_length=1000)] | None = None
 
     def bounds(self) -> tuple[Any, Any]:
         """(low, high) as ints for an ``int`` parameter, floats otherwise."""
@@ -139,15 +155,16 @@ class ParameterSpec(_Strict):
 class Budget(_Strict):
     """How many finished trials the study aims for and how long each one trains."""
 
-    n_trials: Annotated[int, Field(gt=0)]
-    steps: Annotated[int, Field(gt=0)]
-    report_every: Annotated[int, Field(gt=0)] = 1
-    seed: int = 0
+    n_trials: Annotated[Integer, Field(gt=0, le=MAX_TRIALS)]
+    steps: Annotated[Integer, Field(gt=0, le=MAX_STEPS)]
+    report_every: Annotated[Integer, Field(gt=0)] = 1
+    seed: Annotated[Integer, Field(ge=0, le=MAX_SEED)] = 0
 
     @model_validator(mode="before")
     @classmethod
     def _default_report_grid(cls, raw: Any) -> Any:
         steps = raw.get("steps") if isinstance(raw, dict) else None
+        steps = None if isinstance(steps, bool) else _whole_number(steps)
         if isinstance(steps, int) and steps > 0 and raw.get("report_every") is None:
             return {**raw, "report_every": max(1, steps // 10)}
         return raw
@@ -165,7 +182,7 @@ class SamplerSpec(_Strict):
     """``tpe``, ``random``, or ``lradvisor``: a theory prior on lr from ``advise()``, then TPE."""
 
     type: Literal["tpe", "random", "lradvisor"] = "tpe"
-    n_prior_trials: Annotated[int, Field(gt=0)] = 10
+    n_prior_trials: Annotated[Integer, Field(gt=0)] = 10
 
     @model_validator(mode="after")
     def _prior_only(self) -> SamplerSpec:
@@ -194,7 +211,7 @@ class PrunerSpec(_Strict):
 
 
 class _StudyFile(_Strict):
-    name: str | None = None
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     model: Any
     search_space: dict[str, ParameterSpec]
     metric: Literal["val_loss", "train_loss"] = "val_loss"
@@ -335,8 +352,9 @@ def parse_study(raw: object, *, file: str = "<memory>") -> StudySpec:
     notes: list[str] = []
     template = _prepare_template(template, study, notes)
     _check_template_fits(template, study, file)
+    _check_batches(template, study, file)
     name = study.name or (Path(file).stem if file != "<memory>" else "study")
-    return StudySpec(
+    spec = StudySpec(
         name=name,
         source_file=file,
         template=template,
@@ -347,6 +365,11 @@ def parse_study(raw: object, *, file: str = "<memory>") -> StudySpec:
         pruner=study.pruner,
         notes=tuple(notes),
     )
+    try:
+        check_study_memory(spec)
+    except ConfigError as exc:
+        raise ConfigError(file, exc.field, exc.expected, exc.got) from None
+    return spec
 
 
 def _load_template(model: str | dict[str, Any], file: str) -> ModelConfig:
@@ -401,6 +424,57 @@ def _check_template_fits(template: ModelConfig, study: _StudyFile, file: str) ->
             file,
             "search_space.momentum",
             f"an SGD template (training.optimizer: sgd; it is {template.training.optimizer})",
+        )
+
+
+def _check_batches(template: ModelConfig, study: _StudyFile, file: str) -> None:
+    """Every mini-batch a trial can draw is smaller than the training rows (once known)."""
+    rows = training_rows_estimate(template.data)
+    if rows is None:
+        return  # a user file: checked when the trials load it
+    space = study.search_space.get("batch_size")
+    values = space.extremes() if space is not None else [template.training.batch_size]
+    field = "search_space.batch_size" if space is not None else "model.training.batch_size"
+    for value in values:
+        if value is not None and value >= rows:
+            raise ConfigError(
+                file,
+                field,
+                f"mini-batches smaller than the {rows} training rows (null trains on the "
+                "full batch)",
+                value,
+            )
+
+
+def largest_model(spec: StudySpec) -> tuple[list[int] | None, list[int | None]]:
+    """The widest and deepest hidden layers a trial can draw (None for a factory), and the
+    batch sizes that bound its memory (the largest one, and None when full batch is drawn)."""
+    template, space = spec.template, spec.search_space
+    hidden = template.model.hidden
+    if hidden is not None and ("width" in space or "depth" in space):
+        width = max(space["width"].extremes()) if "width" in space else max(hidden)
+        depth = max(space["depth"].extremes()) if "depth" in space else len(hidden)
+        hidden = [int(width)] * int(depth)
+    if "batch_size" not in space:
+        return hidden, [template.training.batch_size]
+    extremes = space["batch_size"].extremes()
+    sized = [int(value) for value in extremes if value is not None]
+    return hidden, ([max(sized)] if sized else []) + ([None] if None in extremes else [])
+
+
+def check_study_memory(spec: StudySpec, *, workers: int = 1) -> None:
+    """Refuse a study whose largest sampled model cannot fit in memory (``workers`` at once)."""
+    hidden, batches = largest_model(spec)
+    field = "search_space.width" if "width" in spec.search_space else "model.hidden"
+    for batch_size in batches:
+        check_memory(
+            spec.template,
+            trials=workers,
+            hidden=hidden,
+            batch_size=batch_size,
+            field=field,
+            what=f"the largest model a trial can draw ({len(hidden or [])} hidden layers of "
+            f"{max(hidden or [0])}) × {workers} worker(s)",
         )
 
 

@@ -14,17 +14,25 @@ Storages:
 Both file storages are single-machine by construction, so their trials also record the
 worker's host, pid and process start time: a RUNNING trial whose process is gone is failed
 and re-queued at once (the same retry callback), without waiting for a grace period.
+
+A storage is checked before it is used (:func:`resolve_storage`: a URL SQLAlchemy can
+parse, a dialect and driver that are installed, no in-memory SQLite, no folder where a
+file belongs), and every failure to open or use it is one
+:class:`~lradvisor.errors.LRAdvisorError` naming it (:func:`storage_errors`). The first
+use of a new database creates its tables under a lock (a file lock next to an SQLite file,
+an advisory lock on PostgreSQL), so two processes starting on a fresh folder do not race.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +52,14 @@ __all__ = [
     "fail_dead_local_trials",
     "owner_tag",
     "resolve_storage",
+    "storage_errors",
 ]
 
 DEFAULT_SQLITE = "sqlite:///runs/studies.db"
 DEFAULT_JOURNAL = "runs/studies.journal"
 OWNER_ATTR = "lradvisor.worker"
+#: Seconds to wait for a database server to accept a connection.
+CONNECT_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -90,24 +101,83 @@ class StorageSpec:
             return RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
 
     def open(self) -> optuna.storages.BaseStorage:
-        """A fresh Optuna storage object for this process."""
-        if self.kind == "journal":
-            from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        """A fresh Optuna storage object for this process (errors: one LRAdvisorError)."""
+        with storage_errors(self):
+            if self.kind == "journal":
+                from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-            Path(self.location).parent.mkdir(parents=True, exist_ok=True)
-            backend = JournalFileBackend(self.location, lock_obj=JournalFileOpenLock(self.location))
-            return optuna.storages.JournalStorage(backend)
-        _make_sqlite_folder(self.location)
-        engine_kwargs = {"pool_pre_ping": True} if self.location.startswith("postgres") else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                _with_driver(self.location),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=self.heartbeat_interval,
-                grace_period=self.grace_period,
-                heartbeat_stale_trial_callback=self.retry_callback(),
-            )
+                Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+                backend = JournalFileBackend(
+                    self.location, lock_obj=JournalFileOpenLock(self.location)
+                )
+                return optuna.storages.JournalStorage(backend)
+            _make_sqlite_folder(self.location)
+            engine_kwargs: dict[str, Any] = {}
+            if self.location.startswith("postgres"):
+                engine_kwargs = {
+                    "pool_pre_ping": True,
+                    "connect_args": {"connect_timeout": CONNECT_TIMEOUT},
+                }
+            with schema_lock(self), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    _with_driver(self.location),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=self.heartbeat_interval,
+                    grace_period=self.grace_period,
+                    heartbeat_stale_trial_callback=self.retry_callback(),
+                )
+
+
+@contextlib.contextmanager
+def storage_errors(spec: StorageSpec) -> Iterator[None]:
+    """Turn a storage's failures (server away, file unwritable, not a database) into one
+    LRAdvisorError line that names the storage."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except LRAdvisorError:
+        raise
+    except (SQLAlchemyError, OSError) as exc:
+        raise LRAdvisorError(f"storage {spec.display}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    if isinstance(original, OSError) and original.strerror:
+        text = (
+            f"{original.strerror}: {original.filename}" if original.filename else original.strerror
+        )
+    else:
+        text = str(original)
+    text = " ".join(text.split("(Background on this error")[0].split())
+    return (text[:300] + "…") if len(text) > 300 else text or type(original).__name__
+
+
+@contextlib.contextmanager
+def schema_lock(spec: StorageSpec) -> Iterator[None]:
+    """Serialise a database's first use (table creation, schema upgrade) across processes.
+
+    Optuna creates its tables when a storage is opened; two processes opening a fresh SQLite
+    file or PostgreSQL database together can both try, and one fails. SQLite: ``flock`` on
+    a file next to the database; PostgreSQL: a session advisory lock; others: none.
+    """
+    lock: _FileLock | _AdvisoryLock | None = None
+    if spec.location.startswith("sqlite:///"):
+        lock = _FileLock(Path(spec.location.removeprefix("sqlite:///") + ".init.lock"))
+    elif spec.location.startswith("postgres"):
+        digest = hashlib.blake2b(f"schema|{spec.location}".encode(), digest_size=8).digest()
+        lock = _AdvisoryLock(spec.location, int.from_bytes(digest, "big", signed=True))
+    if lock is None:
+        yield
+        return
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+        lock.close()
 
 
 def _with_driver(url: str) -> str:
@@ -153,8 +223,7 @@ def resolve_storage(
         "max_retry": max_retry,
     }
     if storage is not None:
-        kind = "rdb" if "://" in storage else "journal"
-        return StorageSpec(kind, storage, **options), None
+        return _explicit_storage(storage, options), None
     sqlite = StorageSpec("rdb", DEFAULT_SQLITE, **options)
     journal = StorageSpec("journal", DEFAULT_JOURNAL, **options)
     preferred, other = (sqlite, journal) if workers == 1 else (journal, sqlite)
@@ -167,7 +236,69 @@ def _holds_study(spec: StorageSpec, study_name: str) -> bool:
     path = spec.location.removeprefix("sqlite:///")
     if not Path(path).is_file():
         return False
-    return study_name in optuna.study.get_all_study_names(spec.open())
+    storage = spec.open()
+    with storage_errors(spec):
+        return study_name in optuna.study.get_all_study_names(storage)
+
+
+def _explicit_storage(storage: str, options: dict[str, int]) -> StorageSpec:
+    """A ``--storage`` value checked before use: a database URL SQLAlchemy can open with an
+    installed driver, or a journal file path."""
+    text = storage.strip()
+    if not text:
+        raise LRAdvisorError("storage: expected a database URL or a journal file path, got ''")
+    if "://" not in text:
+        path = Path(text)
+        if path.is_dir():
+            raise LRAdvisorError(
+                f"storage {text}: is a folder; expected a journal file path (or a database URL)"
+            )
+        if path.exists() and not path.is_file():
+            raise LRAdvisorError(f"storage {text}: exists and is not a regular file")
+        return StorageSpec("journal", text, **options)
+    spec = StorageSpec("rdb", text, **options)
+    _check_url(spec)
+    return spec
+
+
+def _check_url(spec: StorageSpec) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = spec.display
+    usage = "postgresql://user@host/db, sqlite:///file.db or a journal file path"
+    try:
+        url = make_url(spec.location)
+        backend = url.get_backend_name()
+    except (ArgumentError, ValueError) as exc:
+        raise LRAdvisorError(
+            f"storage {shown}: not a database URL ({exc}); expected {usage}"
+        ) from None
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:"):
+            raise LRAdvisorError(
+                f"storage {shown}: an in-memory SQLite database lives in one connection and "
+                f"is lost at exit; expected a file, e.g. sqlite:///runs/studies.db"
+            )
+        if Path(database).is_dir():
+            raise LRAdvisorError(f"storage {shown}: {database} is a folder, not a database file")
+    try:
+        dialect = make_url(_with_driver(spec.location)).get_dialect()
+    except NoSuchModuleError:
+        raise LRAdvisorError(
+            f"storage {shown}: unknown database scheme '{url.drivername}'; expected {usage}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise LRAdvisorError(
+            f"storage {shown}: the '{url.drivername}' driver is not installed ({exc}); "
+            f"install it, e.g. pip install {_DRIVER_PACKAGES.get(backend, 'the driver')}"
+        ) from None
+
+
+_DRIVER_PACKAGES = {"mysql": "pymysql (and use mysql+pymysql://)", "postgresql": "psycopg2-binary"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,6 +329,9 @@ class _FileLock:
         self._handle.close()
         self._handle = None
 
+    def close(self) -> None:
+        self.release()
+
 
 class _AdvisoryLock:
     """A PostgreSQL session advisory lock; the server releases it if the connection drops."""
@@ -215,7 +349,11 @@ class _AdvisoryLock:
             from sqlalchemy import create_engine
             from sqlalchemy.pool import NullPool
 
-            engine = create_engine(_with_driver(self._url), poolclass=NullPool)
+            engine = create_engine(
+                _with_driver(self._url),
+                poolclass=NullPool,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT},
+            )
             self._connection = engine.connect()
         self._connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
         self._connection.commit()
@@ -229,6 +367,13 @@ class _AdvisoryLock:
         self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
         self._connection.commit()
         self._held = False
+
+    def close(self) -> None:
+        """Release the lock and the connection (a short-lived lock's own connection)."""
+        self.release()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def budget_lock(spec: StorageSpec, study_name: str) -> _FileLock | _AdvisoryLock:
