@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from lradvisor.integrations.optuna import ConservationPruner, TrialMonitor
+from lradvisor.optuna import ConservationPruner, TrialMonitor
 
 STEPS = 300
 REPORT_EVERY = 30
@@ -58,7 +58,7 @@ def objective(trial: optuna.Trial) -> float:
     for step in range(STEPS):
         if step % REPORT_EVERY == 0:
             val_loss = validation_loss(model)
-            monitor.report(step, val_loss)  # raises optuna.TrialPruned
+            monitor.report(val_loss, step)  # raises optuna.TrialPruned
         rows = torch.randint(len(X_train), (BATCH_SIZE,))
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(X_train[rows]), y_train[rows]).backward()

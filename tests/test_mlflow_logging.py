@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from lradvisor.cli import main
+from lradvisor.integrations._attrs import drift_history
 from lradvisor.integrations._mlflow_payloads import (
     COMPLETE_TAG,
     PARENT_KEY_TAG,
@@ -58,7 +59,7 @@ def _objective(trial: optuna.Trial) -> float:
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(X), y)
         if step % REPORT_EVERY == 0:
-            monitor.report(step, loss)
+            monitor.report(loss, step)
         loss.backward()
         monitor.observe()
         optimizer.step()
@@ -113,7 +114,8 @@ def test_callback_logs_an_existing_study_with_its_monitor(store: str, tmp_path: 
         assert {m.step: m.value for m in losses} == trial.intermediate_values
         # The bare monitor has no final_drift attr: the latest reported drift stands in.
         final = client.get_metric_history(run.info.run_id, "final_drift/0_to_2")
-        assert [m.value for m in final] == [trial.user_attrs["lradvisor.drift"]["0->2"]]
+        history = drift_history(trial.user_attrs)
+        assert [m.value for m in final] == [history[-1][3]["0->2"]]
         assert run.data.metrics["value"] == trial.value
         assert run.data.tags["lradvisor.regime"] in {"sub-EoS", "beyond EoS"}
     assert parent.data.metrics["trials_complete"] == 4

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from _mlflow_server import MlflowServer
 from _mlflow_server import study_file as _study_file
 from lradvisor.cli import main
+from lradvisor.integrations._attrs import decode
 from lradvisor.integrations._mlflow_payloads import metric_key, parent_key
 from lradvisor.studies import run_study
 from lradvisor.studies.objective import StudyObjective
@@ -107,7 +108,7 @@ def test_study_logs_parent_children_metrics_and_figures_equal_to_optuna(
         history = client.get_metric_history(run.info.run_id, "loss")
         assert {m.step: m.value for m in history} == dict(trial.intermediate_values)
         assert run.data.metrics["sharpness"] == attrs["lradvisor.lambda_max"]
-        for law, value in (attrs.get("lradvisor.final_drift") or {}).items():
+        for law, value in (decode(attrs.get("lradvisor.final_drift")) or {}).items():
             if value is not None:
                 assert run.data.metrics[metric_key("final_drift", law)] == value
         for entry in attrs.get("lradvisor.drift_history") or []:

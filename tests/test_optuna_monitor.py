@@ -81,7 +81,7 @@ def _train(model, optimizer, monitor, data, *, steps, report_every=1, first_step
         monitor.observe()
         optimizer.step()
         if step % report_every == 0:
-            monitor.report(step, loss)
+            monitor.report(loss, step)
 
 
 def _monitored_trial(study, template, data, lr, **kw):
@@ -91,33 +91,78 @@ def _monitored_trial(study, template, data, lr, **kw):
     return trial, model, optimizer, TrialMonitor(trial, model, optimizer, data=data, **kw)
 
 
-def test_initial_attrs_record_the_bound_measured_by_lanczos(template, data, eos_lr):
+def _attrs(study, index=0):
+    return study.trials[index].user_attrs
+
+
+def test_initial_attrs_are_flat_and_record_the_bound_measured_by_lanczos(template, data, eos_lr):
     study = optuna.create_study()
     _trial, *_, monitor = _monitored_trial(study, template, data, 0.1)
-    attrs = study.trials[0].user_attrs
+    attrs = _attrs(study)
     assert attrs["lradvisor.lr"] == 0.1
     assert attrs["lradvisor.eos_lr"] == pytest.approx(eos_lr, rel=1e-3)
+    assert attrs["lradvisor.bound"] == pytest.approx(eos_lr, rel=1e-3)
+    assert attrs["lradvisor.bound_kind"] == "gradient descent"
     assert attrs["lradvisor.lambda_max"] == pytest.approx(2.0 / eos_lr, rel=1e-3)
-    assert attrs["lradvisor.loss"] == "ce"
-    assert attrs["lradvisor.laws"] == ["0->2"]
-    assert attrs["lradvisor.skipped"] == []
+    assert attrs["lradvisor.loss"] == "ce" and attrs["lradvisor.curvature"] == "measured"
+    assert json.loads(attrs["lradvisor.laws"]) == ["0->2"]
+    assert json.loads(attrs["lradvisor.skipped"]) == []
     assert attrs["lradvisor.identity_holds"] is True
     assert 0.0 <= attrs["lradvisor.outside_fraction"] < 1.0
-    json.dumps(attrs, allow_nan=False)
-    assert "0->2" in monitor.summary() and "η_EoS" in monitor.summary()
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in attrs.values())
+    assert "0->2" in monitor.summary() and "gradient descent" in monitor.summary()
+
+
+@pytest.mark.parametrize(
+    ("options", "kind", "factor"),
+    [
+        ({"momentum": 0.9}, "heavy-ball momentum", 3.8),
+        ({"momentum": 0.9, "nesterov": True}, "Nesterov momentum", 3.8 / 2.8),
+        ({"momentum": 0.5, "weight_decay": 0.1}, "heavy-ball momentum", None),
+    ],
+)
+def test_the_bound_follows_the_optimizer(template, data, eos_lr, options, kind, factor):
+    study = optuna.create_study()
+    trial = study.ask()
+    model = copy.deepcopy(template)
+    with pytest.warns(UserWarning, match="breaks the η²·S identity"):
+        monitor = TrialMonitor(
+            trial, model, torch.optim.SGD(model.parameters(), lr=0.1, **options), data=data
+        )
+    lam = 2.0 / eos_lr
+    expected = factor / lam if factor else 3.0 / (lam + 0.1)
+    assert monitor.bound_ == pytest.approx(expected, rel=1e-3)
+    assert _attrs(study)["lradvisor.bound_kind"] == kind
+
+
+def test_adam_has_no_bound_and_no_prediction_but_its_drift_is_measured(template, data):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    model = copy.deepcopy(template)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.warns(UserWarning, match="breaks the η²·S identity"):
+        monitor = TrialMonitor(trial, model, optimizer, data=data)
+    _train(model, optimizer, monitor, data, steps=3)
+    attrs = _attrs(study)
+    assert attrs["lradvisor.bound"] is None and attrs["lradvisor.bound_kind"].startswith(
+        "none (Adam"
+    )
+    assert attrs["lradvisor.identity_holds"] is False
+    assert attrs["lradvisor.drift_predicted"] is None and attrs["lradvisor.drift_ratio"] is None
+    assert attrs["lradvisor.drift_observed"] != 0
+    assert [entry[2] for entry in monitor.drift_history] == [None, None, None]
 
 
 def test_prediction_is_exact_after_one_full_batch_step(template, data):
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.05)
     _train(model, optimizer, monitor, data, steps=1)
-    attrs = study.trials[0].user_attrs
-    observed = attrs["lradvisor.drift"]["0->2"]
-    predicted = attrs["lradvisor.predicted_drift"]["0->2"]
+    attrs = _attrs(study)
+    observed, predicted = attrs["lradvisor.drift_observed"], attrs["lradvisor.drift_predicted"]
     assert observed != 0
     assert predicted == pytest.approx(observed, rel=EXACT_RTOL)
     assert attrs["lradvisor.drift_ratio"] == pytest.approx(1.0, rel=EXACT_RTOL)
-    assert attrs["lradvisor.drift_history"] == [
+    assert monitor.drift_history == [
         [
             0,
             observed,
@@ -129,42 +174,66 @@ def test_prediction_is_exact_after_one_full_batch_step(template, data):
 
 
 def test_prediction_grows_like_t_while_no_mode_has_converged(template, data):
-    # η λ T ≪ 1: every mode is unconverged, S(t) = Σ c_k t = |δ(0)| t (THEORY.md §4).
+    # η λ T ≪ 1: every mode is unconverged, S(t) = Σ c_k t = |δ(0)| t (docs/theory.md §4).
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 1e-5)
     _train(model, optimizer, monitor, data, steps=1)
-    first = study.trials[0].user_attrs["lradvisor.drift"]["0->2"]
+    first = _attrs(study)["lradvisor.drift_predicted"]
     _train(model, optimizer, monitor, data, steps=9, report_every=9, first_step=1)
-    attrs = study.trials[0].user_attrs
+    attrs = _attrs(study)
     assert attrs["lradvisor.steps_observed"] == 10
-    assert attrs["lradvisor.predicted_drift"]["0->2"] == pytest.approx(10 * first, rel=1e-3)
+    assert attrs["lradvisor.drift_predicted"] == pytest.approx(10 * first, rel=1e-3)
     assert attrs["lradvisor.drift_ratio"] == pytest.approx(1.0, rel=1e-3)
 
 
-def test_should_prune_before_training_costs_no_step(template, data, eos_lr):
+def test_report_takes_optunas_order_and_refuses_swapped_arguments(template, data):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    _trial, *_, monitor = _monitored_trial(study, template, data, 0.1)
+    with pytest.raises(LRAdvisorError, match=r"step must be an integer.*swapped"):
+        monitor.report(3, 0.25)  # report(step, value): the old order
+    with pytest.raises(LRAdvisorError, match="step must be an integer"):
+        monitor.report(0.5, True)
+    monitor.report(torch.tensor(0.25), 3)
+    assert study.trials[0].intermediate_values == {3: 0.25}
+
+
+def test_a_second_trial_of_the_configuration_reuses_the_curvature(template, data):
+    study = optuna.create_study()
+    *_, first = _monitored_trial(study, template, data, 0.1)
+    torch.manual_seed(9)
+    other_init = nn.Sequential(
+        nn.Linear(INPUT_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES)
+    ).double()
+    *_, second = _monitored_trial(study, other_init, data, 0.2)
+    assert second.lambda_max_ == first.lambda_max_
+    assert _attrs(study, 1)["lradvisor.curvature"].startswith("cached")
+    assert second._delta0 != first._delta0  # δ(0) is each trial's own
+    # another study measures again
+    other = optuna.create_study()
+    *_, third = _monitored_trial(other, other_init, data, 0.2)
+    assert _attrs(other)["lradvisor.curvature"] == "measured"
+    assert third.lambda_max_ != first.lambda_max_
+
+
+def test_should_prune_before_training_far_beyond_the_bound_costs_no_step(template, data, eos_lr):
     study = optuna.create_study(pruner=ConservationPruner())
-    trial, model, _optimizer, monitor = _monitored_trial(study, template, data, 10 * eos_lr)
+    trial, model, _optimizer, monitor = _monitored_trial(study, template, data, 20 * eos_lr)
     before = [p.detach().clone() for p in model.parameters()]
     assert monitor.should_prune()
     study.tell(trial, state=TrialState.PRUNED)
     frozen = study.trials[0]
     assert frozen.intermediate_values == {}
     assert frozen.user_attrs["lradvisor.prune_reason"] == "beyond_stability_bound"
-    assert frozen.user_attrs["lradvisor.prune_detail"]["lr_over_eos_lr"] == pytest.approx(
-        10.0, rel=1e-3
-    )
+    detail = json.loads(frozen.user_attrs["lradvisor.prune_detail"])
+    assert detail["lr_over_bound"] == pytest.approx(20.0, rel=1e-3)
+    assert detail["margin"] == 16.0 and "catapult" in detail["why"]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_report_at_step_zero_applies_the_bound(template, data, eos_lr):
+def test_a_rate_a_few_times_the_bound_is_not_pruned_before_training(template, data, eos_lr):
     study = optuna.create_study(pruner=ConservationPruner())
-    trial, model, optimizer, monitor = _monitored_trial(study, template, data, 10 * eos_lr)
-    with pytest.raises(optuna.TrialPruned):
-        _train(model, optimizer, monitor, data, steps=1)
-    study.tell(trial, state=TrialState.PRUNED)
-    frozen = study.trials[0]
-    assert list(frozen.intermediate_values) == [0]
-    assert frozen.user_attrs["lradvisor.prune_reason"] == "beyond_stability_bound"
+    _trial, *_, monitor = _monitored_trial(study, template, data, 8 * eos_lr)
+    assert not monitor.should_prune()  # cross-entropy: catapults train well up to ~14×
 
 
 @pytest.mark.parametrize("pruner", [ConservationPruner(), optuna.pruners.NopPruner()])
@@ -172,46 +241,40 @@ def test_non_finite_loss_prunes_as_diverged_whatever_the_pruner(template, data, 
     study = optuna.create_study(pruner=pruner)
     trial, *_, monitor = _monitored_trial(study, template, data, 0.1)
     with pytest.raises(optuna.TrialPruned, match="diverged"):
-        monitor.report(4, torch.tensor(float("nan")))
+        monitor.report(torch.tensor(float("nan")), 4)
     assert monitor.diverged_
     study.tell(trial, state=TrialState.PRUNED)
-    attrs = study.trials[0].user_attrs
+    attrs = _attrs(study)
     assert attrs["lradvisor.diverged"] is True
     assert attrs["lradvisor.prune_reason"] == "diverged"
     assert math.isnan(study.trials[0].intermediate_values[4])
-    json.dumps(attrs, allow_nan=False)
 
 
-def test_drift_far_off_prediction_prunes_on_the_third_report(template, data, monkeypatch):
-    study = optuna.create_study(pruner=ConservationPruner())
+def test_drift_far_off_prediction_prunes_on_the_third_report_when_asked(
+    template, data, monkeypatch
+):
+    study = optuna.create_study(pruner=ConservationPruner(drift_factor=10))
     trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.01)
     # Shrink the predicted drift 100-fold: the observed/predicted ratio becomes ≈ 100.
     shrunk = {name: delta / 100 for name, delta in monitor._delta0.items()}
     monkeypatch.setattr(monitor, "_delta0", shrunk)
     _train(model, optimizer, monitor, data, steps=2)
-    assert study.trials[0].user_attrs["lradvisor.drift_ratio"] == pytest.approx(100, rel=0.05)
+    assert _attrs(study)["lradvisor.drift_ratio"] == pytest.approx(100, rel=0.05)
     with pytest.raises(optuna.TrialPruned):
         _train(model, optimizer, monitor, data, steps=1, first_step=2)
     study.tell(trial, state=TrialState.PRUNED)
-    attrs = study.trials[0].user_attrs
+    attrs = _attrs(study)
     assert attrs["lradvisor.prune_reason"] == "drift_off_prediction"
-    assert attrs["lradvisor.prune_detail"]["steps"] == [0, 1, 2]
+    assert json.loads(attrs["lradvisor.prune_detail"])["steps"] == [0, 1, 2]
 
 
-def test_adam_is_measured_directly_without_prediction(template, data):
-    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
-    trial = study.ask()
-    model = copy.deepcopy(template)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with pytest.warns(UserWarning, match="breaks the η²·S identity"):
-        monitor = TrialMonitor(trial, model, optimizer, data=data)
-    _train(model, optimizer, monitor, data, steps=3)
-    attrs = study.trials[0].user_attrs
-    assert attrs["lradvisor.identity_holds"] is False
-    assert attrs["lradvisor.predicted_drift"] is None
-    assert attrs["lradvisor.drift_ratio"] is None
-    assert attrs["lradvisor.drift"]["0->2"] != 0
-    assert [entry[2] for entry in attrs["lradvisor.drift_history"]] == [None, None, None]
+def test_the_drift_check_is_off_by_default(template, data, monkeypatch):
+    study = optuna.create_study(pruner=ConservationPruner())
+    _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.01)
+    shrunk = {name: delta / 100 for name, delta in monitor._delta0.items()}
+    monkeypatch.setattr(monitor, "_delta0", shrunk)
+    _train(model, optimizer, monitor, data, steps=6)  # no TrialPruned
+    assert _attrs(study)["lradvisor.drift_ratio"] == pytest.approx(100, rel=0.1)
 
 
 def test_model_without_laws_says_what_it_skipped(data):
@@ -223,25 +286,43 @@ def test_model_without_laws_says_what_it_skipped(data):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = TrialMonitor(trial, model, optimizer, data=data)
     _train(model, optimizer, monitor, data, steps=2)
-    attrs = study.trials[0].user_attrs
-    assert attrs["lradvisor.laws"] == []
-    assert [name for name, _ in attrs["lradvisor.skipped"]] == ["0", "2"]
-    assert "GELU" in attrs["lradvisor.skipped"][0][1]
+    attrs = _attrs(study)
+    assert json.loads(attrs["lradvisor.laws"]) == []
+    skipped = json.loads(attrs["lradvisor.skipped"])
+    assert [name for name, _ in skipped] == ["0", "2"] and "GELU" in skipped[0][1]
     assert attrs["lradvisor.identity_holds"] is False
-    assert attrs["lradvisor.drift"] == {} and attrs["lradvisor.predicted_drift"] is None
+    assert attrs["lradvisor.drift_observed"] is None and attrs["lradvisor.drift_predicted"] is None
     assert monitor.skipped and "GELU" in monitor.summary()
     assert attrs["lradvisor.eos_lr"] > 0
 
 
-def test_drift_history_is_thinned_but_keeps_its_newest_entries_exact(template, data):
+def test_each_report_writes_a_bounded_amount_and_the_history_comes_back_whole(template, data):
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.01)
-    _train(model, optimizer, monitor, data, steps=300)
-    history = study.trials[0].user_attrs["lradvisor.drift_history"]
-    steps = [entry[0] for entry in history]
-    assert len(history) <= 200
-    assert steps[0] == 0 and steps == sorted(steps)
-    assert steps[-50:] == list(range(250, 300))
+    writes: list[int] = []
+    original = monitor.trial.set_user_attr
+
+    def counting(key, value):
+        writes.append(len(str(value)))
+        original(key, value)
+
+    monitor.trial.set_user_attr = counting
+    _train(model, optimizer, monitor, data, steps=100)
+    history = monitor.drift_history
+    assert [entry[0] for entry in history] == list(range(100))
+    assert max(writes) < 2000  # one chunk of 16 entries at most, never the whole history
+    recent = json.loads(_attrs(study)["lradvisor.drift_recent"])
+    assert [entry[0] for entry in recent] == list(range(92, 100))
+
+
+def test_finish_writes_the_final_drift(template, data):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.05)
+    _train(model, optimizer, monitor, data, steps=5, report_every=100)
+    final = monitor.finish()
+    attrs = _attrs(study)
+    assert json.loads(attrs["lradvisor.final_drift"]) == final["observed"]
+    assert final["predicted"]["0->2"] == pytest.approx(final["observed"]["0->2"], rel=0.05)
 
 
 def test_learning_rate_change_withdraws_the_prediction(template, data):
@@ -249,19 +330,26 @@ def test_learning_rate_change_withdraws_the_prediction(template, data):
     _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.01)
     optimizer.param_groups[0]["lr"] = 0.02
     _train(model, optimizer, monitor, data, steps=1)
-    assert study.trials[0].user_attrs["lradvisor.predicted_drift"] is None
+    assert _attrs(study)["lradvisor.drift_predicted"] is None
 
 
-def test_curvature_leaves_training_mode_as_it_was(data):
+def test_curvature_leaves_the_model_as_it_was(data):
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Linear(INPUT_DIM, HIDDEN), nn.ReLU(), nn.Dropout(0.5), nn.Linear(HIDDEN, CLASSES)
+        nn.Linear(INPUT_DIM, 12),
+        nn.BatchNorm1d(12),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(12, CLASSES),
     ).double()
     model[0].eval()
+    stats = model[1].running_mean.clone()
     study = optuna.create_study()
     trial = study.ask()
-    TrialMonitor(trial, model, torch.optim.SGD(model.parameters(), lr=0.1), data=data)
-    assert [m.training for m in model] == [False, True, True, True]
+    monitor = TrialMonitor(trial, model, torch.optim.SGD(model.parameters(), lr=0.1), data=data)
+    assert [m.training for m in model] == [False, True, True, True, True]
+    assert torch.equal(model[1].running_mean, stats)
+    assert monitor.scale_invariant_ and _attrs(study)["lradvisor.scale_invariant"] is True
 
 
 def test_monitored_objective_with_two_workers(template, data, eos_lr):
@@ -275,7 +363,7 @@ def test_monitored_objective_with_two_workers(template, data, eos_lr):
         return monitor.trial.user_attrs["lradvisor.drift_ratio"]
 
     study = optuna.create_study(pruner=ConservationPruner(optuna.pruners.MedianPruner()))
-    for factor in (0.1, 20.0, 0.2, 20.0):
+    for factor in (0.1, 40.0, 0.2, 40.0):
         study.enqueue_trial({"lr": factor * eos_lr})
     study.optimize(objective, n_trials=4, n_jobs=2)
     frame = study.trials_dataframe()
@@ -301,15 +389,30 @@ def test_bad_arguments_name_the_limit(template, data):
         TrialMonitor(trial, model, optimizer, data=data, loss="hinge")
     with pytest.raises(LRAdvisorError, match="max_rows must be at least 1, but got 0"):
         TrialMonitor(trial, model, optimizer, data=data, max_rows=0)
+    with pytest.raises(LRAdvisorError, match="width must be a positive integer"):
+        TrialMonitor(trial, model, optimizer, data=data, width=0)
 
 
 def test_subsample_and_mse_loss(template, data):
-    study = optuna.create_study()
+    monitors = []
+    for rows in (None, 30):
+        study = optuna.create_study()  # one study each: the curvature is cached per study
+        trial = study.ask()
+        model = copy.deepcopy(template)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        options = {} if rows is None else {"max_rows": rows}
+        monitors.append(TrialMonitor(trial, model, optimizer, data=data, loss="mse", **options))
+        assert study.trials[0].user_attrs["lradvisor.loss"] == "mse"
+    full, half = monitors
+    assert half.lambda_max_ != pytest.approx(full.lambda_max_, rel=1e-6)
+    assert half.lambda_max_ == pytest.approx(full.lambda_max_, rel=0.5)
+
+
+def test_without_data_the_drift_is_measured_and_nothing_is_guessed(template):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     trial = study.ask()
     model = copy.deepcopy(template)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    full = TrialMonitor(trial, model, optimizer, data=data, loss="mse")
-    half = TrialMonitor(trial, model, optimizer, data=data, loss="mse", max_rows=30)
-    assert study.trials[0].user_attrs["lradvisor.loss"] == "mse"
-    assert half.lambda_max_ != pytest.approx(full.lambda_max_, rel=1e-6)
-    assert half.lambda_max_ == pytest.approx(full.lambda_max_, rel=0.5)
+    monitor = TrialMonitor(trial, model, optimizer)
+    assert monitor.lambda_max_ is None and monitor.bound_ is None
+    assert _attrs(study)["lradvisor.bound_kind"] == "none (λ_max(θ₀) not measured)"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -26,7 +28,10 @@ def _quiet_optuna():
 
 
 def _ask(study: optuna.Study, **attrs) -> optuna.Trial:
-    """A running trial carrying ``lradvisor.<name>`` user_attrs, as TrialMonitor writes them."""
+    """A running trial carrying ``lradvisor.<name>`` user_attrs, as TrialMonitor writes them
+    (``bound`` given without ``bound_kind`` is a plain gradient-descent bound)."""
+    if "bound" in attrs:
+        attrs.setdefault("bound_kind", "gradient descent")
     trial = study.ask()
     for name, value in attrs.items():
         trial.set_user_attr(f"lradvisor.{name}", value)
@@ -34,12 +39,16 @@ def _ask(study: optuna.Study, **attrs) -> optuna.Trial:
 
 
 def _report_drift(trial: optuna.Trial, history: list, step: int, ratio: float | None) -> bool:
-    """Report loss 1.0 with one drift-history entry of the given observed/predicted ratio."""
+    """Report loss 1.0 with one recent-drift entry of the given observed/predicted ratio."""
     predicted = None if ratio is None else 1e-3
     history.append([step, None if ratio is None else ratio * 1e-3, predicted])
-    trial.set_user_attr("lradvisor.drift_history", list(history))
+    trial.set_user_attr("lradvisor.drift_recent", json.dumps(history[-8:]))
     trial.report(1.0, step)
     return trial.should_prune()
+
+
+def _detail(frozen: optuna.trial.FrozenTrial) -> dict:
+    return json.loads(frozen.user_attrs["lradvisor.prune_detail"])
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial, pruned: bool) -> optuna.trial.FrozenTrial:
@@ -52,46 +61,48 @@ def _finish(study: optuna.Study, trial: optuna.Trial, pruned: bool) -> optuna.tr
 
 def test_beyond_bound_prunes_before_any_report():
     study = optuna.create_study(pruner=ConservationPruner())
-    trial = _ask(study, lr=10 * EOS_LR, eos_lr=EOS_LR, lambda_max=2 / EOS_LR, loss="mse")
+    trial = _ask(study, lr=20 * EOS_LR, bound=EOS_LR, lambda_max=2 / EOS_LR, loss="mse")
     frozen = _finish(study, trial, trial.should_prune())
     assert frozen.state == TrialState.PRUNED
     assert frozen.intermediate_values == {}
     assert frozen.user_attrs["lradvisor.prune_reason"] == "beyond_stability_bound"
-    detail = frozen.user_attrs["lradvisor.prune_detail"]
-    assert detail["lr_over_eos_lr"] == pytest.approx(10.0)
-    assert detail["margin"] == 1.5 and detail["margin_kind"] == "stability_margin"
+    detail = _detail(frozen)
+    assert detail["lr_over_bound"] == pytest.approx(20.0)
+    assert detail["margin"] == 12.0 and detail["margin_kind"] == "stability_margin"
+    assert detail["bound_kind"] == "gradient descent" and "catapult" in detail["why"]
 
 
 @pytest.mark.parametrize(
     ("loss", "factor", "pruned"),
     [
-        ("mse", 1.4, False),
-        ("mse", 1.6, True),
-        ("ce", 7.5, False),
-        ("ce", 8.5, True),
-        ("cross_entropy", 8.5, True),
+        ("mse", 11.0, False),
+        ("mse", 13.0, True),
+        ("ce", 15.0, False),
+        ("ce", 17.0, True),
+        ("cross_entropy", 17.0, True),
+        ("CrossEntropyLoss", 17.0, True),
     ],
 )
 def test_bound_margin_is_wider_for_cross_entropy(loss, factor, pruned):
     study = optuna.create_study(pruner=ConservationPruner())
-    trial = _ask(study, lr=factor * EOS_LR, eos_lr=EOS_LR, loss=loss)
+    trial = _ask(study, lr=factor * EOS_LR, bound=EOS_LR, loss=loss)
     assert trial.should_prune() is pruned
 
 
 def test_bound_applies_at_step_zero_but_not_once_training_has_been_reported():
     study = optuna.create_study(pruner=ConservationPruner())
-    at_zero = _ask(study, lr=10 * EOS_LR, eos_lr=EOS_LR, loss="mse")
+    at_zero = _ask(study, lr=20 * EOS_LR, bound=EOS_LR, loss="mse")
     at_zero.report(1.0, 0)
     assert at_zero.should_prune()
-    later = _ask(study, lr=10 * EOS_LR, eos_lr=EOS_LR, loss="mse")
+    later = _ask(study, lr=20 * EOS_LR, bound=EOS_LR, loss="mse")
     later.report(1.0, 5)
     assert not later.should_prune()
 
 
 def test_check_before_training_works_whatever_the_study_pruner():
     study = optuna.create_study(pruner=NopPruner())
-    beyond = _ask(study, lr=10 * EOS_LR, eos_lr=EOS_LR, loss="mse")
-    below = _ask(study, lr=0.5 * EOS_LR, eos_lr=EOS_LR, loss="mse")
+    beyond = _ask(study, lr=20 * EOS_LR, bound=EOS_LR, loss="mse")
+    below = _ask(study, lr=0.5 * EOS_LR, bound=EOS_LR, loss="mse")
     pruner = ConservationPruner()
     assert pruner.check_before_training(beyond)
     assert not pruner.check_before_training(below)
@@ -102,15 +113,15 @@ def test_check_before_training_works_whatever_the_study_pruner():
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_value_prunes_as_diverged(value):
     study = optuna.create_study(pruner=ConservationPruner())
-    trial = _ask(study, lr=0.1, eos_lr=EOS_LR, loss="ce")
+    trial = _ask(study, lr=0.1, bound=EOS_LR, loss="ce")
     trial.report(1.0, 0)
     assert not trial.should_prune()
     trial.report(value, 1)
     frozen = _finish(study, trial, trial.should_prune())
     assert frozen.state == TrialState.PRUNED
     assert frozen.user_attrs["lradvisor.prune_reason"] == "diverged"
-    assert frozen.user_attrs["lradvisor.prune_detail"]["cause"] == "non_finite_value"
-    assert frozen.user_attrs["lradvisor.prune_detail"]["value"] == repr(value)
+    assert _detail(frozen)["cause"] == "non_finite_value"
+    assert _detail(frozen)["value"] == repr(value)
 
 
 @pytest.mark.parametrize(("latest", "pruned"), [(999.0, False), (1001.0, True)])
@@ -122,7 +133,7 @@ def test_blowup_relative_to_the_first_value_prunes_as_diverged(latest, pruned):
     assert trial.should_prune() is pruned
     frozen = _finish(study, trial, pruned)
     if pruned:
-        assert frozen.user_attrs["lradvisor.prune_detail"]["cause"] == "blowup"
+        assert _detail(frozen)["cause"] == "blowup"
 
 
 def test_blowup_is_not_checked_when_maximising():
@@ -139,19 +150,19 @@ def test_diverged_flag_prunes():
     trial.report(2.0, 3)
     frozen = _finish(study, trial, trial.should_prune())
     assert frozen.user_attrs["lradvisor.prune_reason"] == "diverged"
-    assert frozen.user_attrs["lradvisor.prune_detail"] == {"cause": "flag", "step": 3, "value": 2.0}
+    assert _detail(frozen) == {"cause": "flag", "step": 3, "value": 2.0}
 
 
 def test_drift_ratio_of_100_prunes_after_three_reports_not_two():
-    study = optuna.create_study(pruner=ConservationPruner())
-    trial = _ask(study, lr=0.1, eos_lr=EOS_LR, loss="ce")
+    study = optuna.create_study(pruner=ConservationPruner(drift_factor=10))
+    trial = _ask(study, lr=0.1, bound=EOS_LR, loss="ce")
     history: list = []
     assert not _report_drift(trial, history, 0, 100.0)
     assert not _report_drift(trial, history, 1, 100.0)
     assert _report_drift(trial, history, 2, 100.0)
     frozen = _finish(study, trial, True)
     assert frozen.user_attrs["lradvisor.prune_reason"] == "drift_off_prediction"
-    detail = frozen.user_attrs["lradvisor.prune_detail"]
+    detail = _detail(frozen)
     assert detail["steps"] == [0, 1, 2]
     assert detail["ratios"] == pytest.approx([100.0] * 3)
 
@@ -168,8 +179,8 @@ def test_drift_ratio_of_100_prunes_after_three_reports_not_two():
     ],
 )
 def test_drift_streak(ratios, pruned):
-    study = optuna.create_study(pruner=ConservationPruner())
-    trial = _ask(study, lr=0.1, eos_lr=EOS_LR, loss="mse")
+    study = optuna.create_study(pruner=ConservationPruner(drift_factor=10))
+    trial = _ask(study, lr=0.1, bound=EOS_LR, loss="mse")
     history: list = []
     verdicts = [_report_drift(trial, history, step, ratio) for step, ratio in enumerate(ratios)]
     assert verdicts[-1] is pruned
@@ -177,15 +188,15 @@ def test_drift_streak(ratios, pruned):
 
 
 def test_drift_is_not_checked_for_trials_started_beyond_the_bound():
-    study = optuna.create_study(pruner=ConservationPruner())
-    trial = _ask(study, lr=2 * EOS_LR, eos_lr=EOS_LR, loss="ce")  # let through by the CE margin
+    study = optuna.create_study(pruner=ConservationPruner(drift_factor=10))
+    trial = _ask(study, lr=2 * EOS_LR, bound=EOS_LR, loss="ce")  # let through by the CE margin
     history: list = []
     assert not any(_report_drift(trial, history, step, 1e-30) for step in range(4))
 
 
-def test_drift_factor_none_turns_the_drift_check_off():
-    study = optuna.create_study(pruner=ConservationPruner(drift_factor=None))
-    trial = _ask(study, lr=0.1, eos_lr=EOS_LR, loss="ce")
+def test_the_drift_check_is_off_by_default():
+    study = optuna.create_study(pruner=ConservationPruner())
+    trial = _ask(study, lr=0.1, bound=EOS_LR, loss="ce")
     history: list = []
     assert not any(_report_drift(trial, history, step, 100.0) for step in range(4))
 
@@ -199,7 +210,7 @@ def _median_study(base_of_conservation: bool) -> tuple[optuna.Study, optuna.Tria
         for step in range(3):
             good.report(1.0, step)
         study.tell(good, 1.0)
-    worse = _ask(study, lr=0.1, eos_lr=EOS_LR, loss="ce")
+    worse = _ask(study, lr=0.1, bound=EOS_LR, loss="ce")
     worse.report(5.0, 0)
     return study, worse
 
@@ -209,7 +220,7 @@ def test_base_median_pruner_still_prunes():
     frozen = _finish(study, worse, worse.should_prune())
     assert frozen.state == TrialState.PRUNED
     assert frozen.user_attrs["lradvisor.prune_reason"] == "base_pruner"
-    assert frozen.user_attrs["lradvisor.prune_detail"] == {"pruner": "MedianPruner", "step": 0}
+    assert _detail(frozen) == {"pruner": "MedianPruner", "step": 0}
 
 
 def test_without_base_nothing_else_prunes():
@@ -221,7 +232,8 @@ def test_trials_dataframe_shows_the_reason():
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 0.01, 10.0, log=True)
         trial.set_user_attr("lradvisor.lr", lr)
-        trial.set_user_attr("lradvisor.eos_lr", EOS_LR)
+        trial.set_user_attr("lradvisor.bound", EOS_LR)
+        trial.set_user_attr("lradvisor.bound_kind", "gradient descent")
         trial.set_user_attr("lradvisor.loss", "mse")
         if trial.should_prune():
             raise optuna.TrialPruned()
@@ -229,7 +241,7 @@ def test_trials_dataframe_shows_the_reason():
 
     study = optuna.create_study(pruner=ConservationPruner())
     study.enqueue_trial({"lr": 0.1})
-    study.enqueue_trial({"lr": 5.0})
+    study.enqueue_trial({"lr": 9.0})
     study.optimize(objective, n_trials=2)
     frame = study.trials_dataframe()
     assert list(frame["state"]) == ["COMPLETE", "PRUNED"]
@@ -240,8 +252,9 @@ def test_trials_dataframe_shows_the_reason():
 def test_two_workers_prune_from_trial_attributes_alone():
     def objective(trial: optuna.Trial) -> float:
         beyond = trial.number % 2 == 1
-        trial.set_user_attr("lradvisor.lr", (10 if beyond else 0.5) * EOS_LR)
-        trial.set_user_attr("lradvisor.eos_lr", EOS_LR)
+        trial.set_user_attr("lradvisor.lr", (20 if beyond else 0.5) * EOS_LR)
+        trial.set_user_attr("lradvisor.bound", EOS_LR)
+        trial.set_user_attr("lradvisor.bound_kind", "heavy-ball momentum")
         trial.set_user_attr("lradvisor.loss", "mse")
         if trial.should_prune():
             raise optuna.TrialPruned()
@@ -281,14 +294,70 @@ def test_pickle_round_trip_keeps_settings_and_verdicts():
         getattr(pruner, k) for k in vars(pruner) if k != "_base"
     ]
     study = optuna.create_study(pruner=copy)
-    assert not _ask(study, lr=1.9 * EOS_LR, eos_lr=EOS_LR, loss="mse").should_prune()
-    assert _ask(study, lr=2.1 * EOS_LR, eos_lr=EOS_LR, loss="mse").should_prune()  # margin 2
-    trial = _ask(study, lr=0.1, eos_lr=EOS_LR, loss="mse")
+    assert not _ask(study, lr=1.9 * EOS_LR, bound=EOS_LR, loss="mse").should_prune()
+    assert _ask(study, lr=2.1 * EOS_LR, bound=EOS_LR, loss="mse").should_prune()  # margin 2
+    trial = _ask(study, lr=0.1, bound=EOS_LR, loss="mse")
     history: list = []
     assert not _report_drift(trial, history, 0, 5.0)
     assert not _report_drift(trial, history, 1, 3.0)  # within drift_factor 4
     assert _report_drift(trial, history, 2, 5.0) is False
     assert _report_drift(trial, history, 3, 5.0) is True  # patience 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"bound_kind": "none (Adam: no bound at θ₀ for adaptive optimizers)"}, "adaptive"),
+        ({"scale_invariant": True}, "batchnorm"),
+    ],
+)
+def test_no_prune_before_training_where_the_bound_is_not_certain(extra, why):
+    study = optuna.create_study(pruner=ConservationPruner())
+    trial = _ask(study, lr=100 * EOS_LR, bound=EOS_LR, loss="mse", **extra)
+    assert not trial.should_prune(), why
+
+
+def _grace_study(pruner: ConservationPruner, lr: float) -> tuple[optuna.Study, optuna.Trial]:
+    """Two finished trials at loss 1.0, then a cross-entropy trial at ``lr`` reporting 5.0."""
+    study = optuna.create_study(pruner=pruner)
+    for _ in range(2):
+        good = _ask(study)
+        for step in range(0, 100, 10):
+            good.report(1.0, step)
+        study.tell(good, 1.0)
+    late = _ask(study, lr=lr, bound=1.0, loss="ce")
+    return study, late
+
+
+def test_cross_entropy_grace_period_keeps_the_base_pruner_out_until_tau():
+    median = MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    # τ(η) = 10/η + 5: at η = 0.5, 25 steps of grace
+    _study, late = _grace_study(ConservationPruner(median, tau=(10.0, 5.0)), lr=0.5)
+    late.set_user_attr("lradvisor.steps_observed", 20)
+    late.report(5.0, 20)
+    assert not late.should_prune()  # within the grace period
+    late.set_user_attr("lradvisor.steps_observed", 30)
+    late.report(5.0, 30)
+    assert late.should_prune()  # after it the median rule speaks
+
+
+def test_without_tau_there_is_no_grace_and_from_advice_reads_it():
+    median = MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    _study, late = _grace_study(ConservationPruner(median), lr=0.5)
+    late.report(5.0, 20)
+    assert late.should_prune()
+    advice = SimpleNamespace(tau={"a": 10.0, "b": 5.0})
+    pruner = ConservationPruner.from_advice(advice, median)
+    assert pruner._tau == (10.0, 5.0)
+    assert ConservationPruner.from_advice(SimpleNamespace(tau=None), median)._tau is None
+
+
+def test_the_study_can_carry_tau_for_every_worker():
+    median = MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    study, late = _grace_study(ConservationPruner(median), lr=0.5)
+    study.set_user_attr("lradvisor.tau", "[10.0, 5.0]")
+    late.report(5.0, 20)
+    assert not late.should_prune()
 
 
 def _hyperband() -> HyperbandPruner:
@@ -352,8 +421,11 @@ def test_plain_base_is_not_turned_into_hyperband():
         ({"ce_stability_margin": -1.0}, "ce_stability_margin must be a finite number > 0"),
         ({"drift_factor": 1.0}, "drift_factor must be a finite number > 1, but got 1.0"),
         ({"blowup_factor": float("inf")}, "blowup_factor must be a finite number > 1"),
-        ({"drift_patience": 0}, "drift_patience must be between 1 and 50 inclusive"),
-        ({"drift_patience": 51}, "drift_patience must be between 1 and 50 inclusive"),
+        ({"drift_patience": 0}, "drift_patience must be between 1 and 8 inclusive"),
+        ({"drift_patience": 9}, "drift_patience must be between 1 and 8 inclusive"),
+        ({"tau": (0.0, 1.0)}, "tau must be finite with a > 0"),
+        ({"tau": "fast"}, "tau must be a pair"),
+        ({"grace_factor": 0}, "grace_factor must be a finite number > 0"),
         ({"drift_patience": 2.5}, "drift_patience must be an integer, but got 2.5"),
         ({"base": "median"}, "base must be an optuna BasePruner or None, but got str"),
     ],

@@ -78,7 +78,7 @@ def test_run_reaches_the_target_records_attrs_and_resumes(tmp_path: Path) -> Non
     assert trial.user_attrs[ARCHITECTURE_ATTR] == f"width={trial.params['width']}"
     assert trial.value == trial.user_attrs["lradvisor.final_val_loss"]
     assert trial.user_attrs["lradvisor.final_train_loss"] > 0
-    assert list(trial.user_attrs[DRIFT_ATTR]) == ["0->2"]
+    assert list(json.loads(trial.user_attrs[DRIFT_ATTR])) == ["0->2"]
 
     resumed = run_study(study_file, n_trials=6, storage=storage, progress=False, predict=False)
     trials = _trials(storage)

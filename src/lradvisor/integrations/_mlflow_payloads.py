@@ -43,6 +43,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lradvisor.integrations import _attrs
 from lradvisor.integrations._study_fits import ARCHITECTURE_ATTR, alpha_by_architecture, final_drift
 
 __all__ = [
@@ -135,10 +136,10 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
             params[name] = _text(attrs[key])
     if study.user_attrs.get(MODEL_ATTR):
         params["model"] = _text(study.user_attrs[MODEL_ATTR])
-    laws = attrs.get("lradvisor.laws")
+    laws = _attrs.decode(attrs.get("lradvisor.laws"))
     if laws is not None:
         params["conservation_laws"] = _text(", ".join(laws) or "none")
-    skipped = attrs.get("lradvisor.skipped")
+    skipped = _attrs.decode(attrs.get("lradvisor.skipped"))
     if skipped:
         params["laws_skipped"] = _text("; ".join(f"{m}: {why}" for m, why in skipped))
 
@@ -158,11 +159,14 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
     # no prediction is logged there, and the tag says so.
     predicts = _below_bound(trial, lr)
     kinds = ((3, "observed"), (4, "predicted")) if predicts else ((3, "observed"),)
-    for entry in attrs.get("lradvisor.drift_history") or []:
+    add("bound", attrs.get("lradvisor.bound"), 0)
+    for entry in _attrs.drift_history(attrs):
         step = entry[0]
         add("drift_observed", entry[1], step)
         if predicts:
             add("drift_predicted", entry[2], step)
+            if _finite(entry[1]) is not None and _finite(entry[2]):
+                add("drift_ratio", entry[1] / entry[2], step)
         for index, name in kinds:
             by_law = entry[index] if len(entry) > index and entry[index] else {}
             for law, value in by_law.items():

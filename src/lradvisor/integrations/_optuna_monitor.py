@@ -1,27 +1,29 @@
 r"""TrialMonitor: the stability bound and the conservation-law drift of one Optuna trial.
 
-At construction the monitor measures λ_max(θ₀) by Lanczos on (a subsample of) the data and
-records the bound η_EoS = 2/λ_max; while the objective trains it accumulates the exact drift
-identity of THEORY.md §2 through :class:`~lradvisor.measure.monitor.ConservationMonitor`
-and, at each report, compares it with a cheap spectral prediction (THEORY.md §4):
+At construction the monitor reads the trial's optimizer and, given data, the sharpness
+λ_max(θ₀) (measured once per configuration and reused across trials,
+:mod:`~lradvisor.integrations._curvature`), and records the optimizer-aware stability bound
+(docs/theory.md §9): 2/λ for SGD, 2(1 + β)/λ with heavy-ball momentum, 2(1 + β)/((1 + 2β)λ)
+with Nesterov, none for adaptive optimizers. While the objective trains it accumulates the
+exact drift identity (docs/theory.md §2) through
+:class:`~lradvisor.measure.monitor.ConservationMonitor` and, for plain SGD, compares it at
+each report with a cheap spectral prediction (docs/theory.md §4):
 
 .. math::
 
     \hat D_l(t) = \eta^2 \, \delta_l(0) \sum_k w_k \sum_{s<t} \rho_k^{2s},
     \qquad \rho_k = 1 - \eta\lambda_k, \qquad \sum_k w_k = 1,
 
-with t the number of observed steps, δ_l(0) the law's gradient imbalance at θ₀ on the
-data subsample, λ_k the top ``n_modes`` positive Lanczos eigenvalues and
-w_k = (g₀·v_k)²/‖g₀‖² the share of the initial gradient g₀ on eigenvector v_k; the share
-of ‖g₀‖² outside those eigenvectors (``lradvisor.outside_fraction``) is put on the
-smallest kept eigenvalue.
+with t the number of observed steps, δ_l(0) the law's gradient imbalance at this trial's θ₀,
+λ_k the top positive Lanczos eigenvalues of the configuration and w_k their share of the
+initial gradient (the remainder on the smallest kept eigenvalue).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,34 +32,14 @@ import torch
 from torch import nn
 
 from lradvisor.errors import LRAdvisorError
-from lradvisor.integrations._optuna_pruner import (
-    EXACT_HISTORY_TAIL,
-    KEY_DIVERGED,
-    KEY_DRIFT_HISTORY,
-    KEY_EOS_LR,
-    KEY_LAMBDA_MAX,
-    KEY_LOSS,
-    KEY_LR,
-    ConservationPruner,
-    write_prune_reason,
-)
-from lradvisor.measure.lanczos import hessian_operator, lanczos
+from lradvisor.integrations import _attrs
+from lradvisor.integrations._curvature import Curvature, curvature_for
+from lradvisor.integrations._optuna_pruner import ConservationPruner, write_prune_reason
 from lradvisor.measure.laws import unit_balance
 from lradvisor.measure.monitor import ConservationMonitor
-from lradvisor.theory import eos_learning_rate, gradient_imbalance_sum
+from lradvisor.theory import eos_learning_rate, gradient_imbalance_sum, momentum_threshold
 
-__all__ = ["TrialMonitor"]
-
-KEY_LAWS = "lradvisor.laws"
-KEY_SKIPPED = "lradvisor.skipped"
-KEY_IDENTITY_HOLDS = "lradvisor.identity_holds"
-KEY_OUTSIDE_FRACTION = "lradvisor.outside_fraction"
-KEY_STEPS_OBSERVED = "lradvisor.steps_observed"
-KEY_DRIFT = "lradvisor.drift"
-KEY_PREDICTED_DRIFT = "lradvisor.predicted_drift"
-KEY_DRIFT_RATIO = "lradvisor.drift_ratio"
-
-HISTORY_LIMIT = 200
+__all__ = ["TrialMonitor", "optimizer_bound"]
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,49 +47,48 @@ LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class TrialMonitor:
     """Stability bound, drift and its prediction for one trial, written to its user_attrs.
 
-    Five lines in an existing objective::
+    A few lines in an existing objective::
 
         monitor = TrialMonitor(trial, model, optimizer, data=(X, y), loss="ce")
         if monitor.should_prune():              # before any training step
             raise optuna.TrialPruned()
         ...
         loss.backward(); monitor.observe(); optimizer.step()
-        monitor.report(step, loss)              # every k steps; raises TrialPruned
+        monitor.report(val_loss, step)          # Optuna's order; raises TrialPruned
 
     Args:
         trial: the live trial.
         model: the model the objective trains; conservation laws are discovered on it.
-        optimizer: the optimizer that steps it (plain ``torch.optim.SGD`` keeps the drift
-            identity exact; others are measured directly and get no prediction).
-        data: ``(X, y)`` on which λ_max(θ₀), g₀ and δ(0) are computed; the first use
-            draws at most ``max_rows`` rows at random (``seed``).
-        loss: ``"ce"`` (mean cross-entropy on integer labels), ``"mse"`` (mean squared
-            error; integer labels are one-hot encoded, as in lradvisor's engine) or a
-            callable ``loss_fn(outputs, y)`` returning the mean loss. It must be the loss
-            the objective trains on, or the prediction compares different things.
+        optimizer: the optimizer that steps it; its class and first parameter group give
+            the stability bound (plain ``torch.optim.SGD`` also keeps the drift identity
+            exact; others are measured directly and get no prediction).
+        data: ``(X, y)`` on which λ_max(θ₀) (and, for plain SGD, the prediction's modes and
+            δ(0)) are computed, at most ``max_rows`` rows drawn at random (``seed``);
+            None: no bound and no prediction, the drift is still measured.
+        loss: ``"ce"``, ``"mse"`` (integer labels one-hot encoded) or a callable
+            ``loss_fn(outputs, y)`` returning the mean loss the objective trains on.
         max_rows: largest subsample used for the curvature.
-        n_modes: Lanczos eigenpairs kept for the prediction.
+        n_modes: Lanczos eigenpairs kept for the prediction (plain SGD only).
         lanczos_iterations: most Hessian-vector products Lanczos may use.
-        seed: seed of the subsample and of Lanczos' start vector.
+        seed: seed of the subsample, of Lanczos' start vector and of the dropout mask.
+        width: the trial's width, when the study searches it: the study's width law then
+            predicts λ_max(θ₀) for new widths once three are measured.
 
     Attributes:
-        lr_: the learning rate read from the optimizer at construction (the largest over
-            parameter groups: the one the stability bound is about).
-        lambda_max_: λ_max(θ₀) of the loss on the subsample.
-        eos_lr_: 2/λ_max_, or None when λ_max_ ≤ 0.
+        lr_: the learning rate at construction (the largest over parameter groups).
+        lambda_max_: λ_max(θ₀), or None (no data, or not positive).
+        eos_lr_: 2/λ_max_, or None.
+        bound_: the optimizer-aware bound, or None (adaptive optimizer, no data).
         diverged_: whether a non-finite loss has been reported.
 
     .. note::
-        The prediction is the one THEORY.md §4 makes, from θ₀ only: full-batch gradient
-        descent at a constant rate on the quadratic model of the initial Hessian. It is
-        exact at t = 1 for full-batch GD on the data given here and drifts away as the
-        Hessian changes (fast for cross-entropy, §5) or with mini-batch noise; that
-        departure is what ``ConservationPruner`` reads as "drift off prediction" (see
-        its warning on how soon that happens at good rates). The
-        remainder of ‖g₀‖² on the smallest kept eigenvalue is a cheap stand-in for the
-        Lanczos quadrature ``advise`` uses: it slightly overstates the unconverged share.
-        No prediction (None) is made when the identity does not hold, when the learning
-        rate has changed since construction, or when no positive eigenvalue was found.
+        λ_max(θ₀) and the modes are those of the first trial of the same configuration
+        (architecture, data shape, loss) in the study, reused: the sharpness at θ₀ hardly
+        depends on the seed, and a Lanczos run per trial cost more than the training of a
+        small model. δ(0) is this trial's own. The prediction is full-batch gradient
+        descent on the quadratic model at θ₀, exact at t = 1 and drifting away as the
+        Hessian changes (cross-entropy compresses it) or with mini-batch noise; the
+        pruner's drift check, off by default, reads that departure.
     """
 
     def __init__(
@@ -116,74 +97,83 @@ class TrialMonitor:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        data: tuple[torch.Tensor, torch.Tensor],
+        data: tuple[torch.Tensor, torch.Tensor] | None = None,
         loss: str | LossFunction = "ce",
-        max_rows: int = 1024,
+        max_rows: int = 512,
         n_modes: int = 10,
         lanczos_iterations: int = 40,
         seed: int = 0,
+        width: int | None = None,
     ) -> None:
         if max_rows < 1:
             raise LRAdvisorError(f"max_rows must be at least 1, but got {max_rows}.")
         if n_modes < 1:
             raise LRAdvisorError(f"n_modes must be at least 1, but got {n_modes}.")
+        if width is not None and (
+            isinstance(width, bool) or not isinstance(width, int) or width < 1
+        ):
+            raise LRAdvisorError(f"width must be a positive integer, but got {width!r}.")
         self.trial = trial
         self.model = model
         self.optimizer = optimizer
-        self.loss_name, loss_fn = _resolve_loss(loss)
+        self.loss_name, self._loss_fn = _resolve_loss(loss)
         self.conservation = ConservationMonitor(
             model, optimizer=optimizer, per_unit=False, allow_empty=True
         )
         self.lr_ = _learning_rate(optimizer)
         self.diverged_ = False
-        self._history: list[list[Any]] = []
-        inputs, targets = _subsample(data, max_rows, seed)
-        with _evaluation_mode(model):
-            self._measure_curvature(
-                inputs, targets, loss_fn, n_modes=n_modes, iterations=lanczos_iterations, seed=seed
+        self._reports = 0
+        self._chunk: list[list[Any]] = []
+        self._recent: list[list[Any]] = []
+        self._delta0: dict[str, float | None] = {}
+        self.curvature_ = Curvature(None, source="none (no data given)")
+        if data is not None:
+            inputs, targets = _subsample(data, max_rows, seed)
+            modes = n_modes if self.identity_holds else 0
+            self.curvature_ = curvature_for(
+                trial,
+                model,
+                inputs,
+                targets,
+                self._loss_fn,
+                loss_name=self.loss_name,
+                modes=modes,
+                iterations=lanczos_iterations,
+                seed=seed,
+                width=width,
             )
-        self._write_initial_attrs()
-
-    # -------------------------------------------------------------------- construction
-
-    def _measure_curvature(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        loss_fn: LossFunction,
-        *,
-        n_modes: int,
-        iterations: int,
-        seed: int,
-    ) -> None:
-        operator = hessian_operator(self.model, [(inputs, targets)], loss_fn)
-        spectrum = lanczos(
-            operator.matvec,
-            operator.dim,
-            k=min(n_modes, operator.dim),
-            max_iter=max(iterations, n_modes),
-            seed=seed,
-            device=operator.device,
+            if modes and self.curvature_.weights is not None:
+                self._delta0 = _initial_imbalance(
+                    model, self.conservation, inputs, targets, self._loss_fn, seed
+                )
+        self.lambda_max_ = self.curvature_.lambda_max
+        self.eos_lr_ = eos_learning_rate(self.lambda_max_) if self.lambda_max_ else None
+        self.bound_, self.bound_kind_ = optimizer_bound(optimizer, self.lambda_max_)
+        self.scale_invariant_ = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
         )
-        gradient = operator.gradient()
-        self.lambda_max_ = spectrum.lambda_max
-        self.eos_lr_ = eos_learning_rate(self.lambda_max_) if self.lambda_max_ > 0 else None
-        self._delta0 = _initial_imbalance(self.model, self.conservation, operator, gradient)
-        self._eigenvalues, self._weights, self.outside_fraction_ = _mode_weights(
-            spectrum.eigenvalues,
-            spectrum.eigenvectors,
-            gradient.detach().to(torch.float64).cpu().numpy(),
-        )
+        self._write_initial_attrs(width)
 
-    def _write_initial_attrs(self) -> None:
-        self._set(KEY_LR, self.lr_)
-        self._set(KEY_LAMBDA_MAX, _json_float(self.lambda_max_))
-        self._set(KEY_EOS_LR, _json_float(self.eos_lr_))
-        self._set(KEY_LOSS, self.loss_name)
-        self._set(KEY_LAWS, [pair.name for pair in self.conservation.pairs])
-        self._set(KEY_SKIPPED, [list(entry) for entry in self.conservation.skipped])
-        self._set(KEY_IDENTITY_HOLDS, self.identity_holds)
-        self._set(KEY_OUTSIDE_FRACTION, _json_float(self.outside_fraction_))
+    def _write_initial_attrs(self, width: int | None) -> None:
+        values = {
+            _attrs.LR: self.lr_,
+            _attrs.LAMBDA_MAX: self.lambda_max_,
+            _attrs.EOS_LR: self.eos_lr_,
+            _attrs.BOUND: self.bound_,
+            _attrs.BOUND_KIND: self.bound_kind_,
+            _attrs.OPTIMIZER: _describe(self.optimizer),
+            _attrs.SCALE_INVARIANT: self.scale_invariant_,
+            _attrs.CURVATURE: self.curvature_.source,
+            _attrs.LOSS: self.loss_name,
+            _attrs.LAWS: [pair.name for pair in self.conservation.pairs],
+            _attrs.SKIPPED: [list(entry) for entry in self.conservation.skipped],
+            _attrs.IDENTITY_HOLDS: self.identity_holds,
+            _attrs.OUTSIDE_FRACTION: self.curvature_.outside_fraction,
+        }
+        if width is not None:
+            values[_attrs.WIDTH] = width
+        for key, value in values.items():
+            self._set(key, value)
 
     # ------------------------------------------------------------------------ per step
 
@@ -192,49 +182,56 @@ class TrialMonitor:
         self.conservation.observe()
 
     def should_prune(self) -> bool:
-        """Ask the study's pruner now; before training this is the stability-bound check.
-
-        Call right after construction: a trial beyond the bound is then pruned without a
-        single training step (``ConservationPruner`` checks the bound while the trial has
-        no intermediate value).
-        """
+        """Ask the study's pruner now; before training this is the stability-bound check."""
         pruned = self.trial.should_prune()
         if pruned:
             self._record_foreign_prune("base_pruner", {})
         return pruned
 
-    def report(self, step: int, loss: float | torch.Tensor) -> dict[str, Any]:
-        """Report ``loss`` at ``step`` with the drift numbers; raise TrialPruned if pruned.
+    def report(self, value: float | torch.Tensor, step: int) -> dict[str, Any]:
+        """Report ``value`` at ``step`` (Optuna's order) with the drift numbers; raise
+        ``optuna.TrialPruned`` if the study's pruner says so.
 
-        Writes ``lradvisor.drift`` / ``predicted_drift`` / ``drift_ratio`` /
-        ``identity_holds`` / ``steps_observed`` / ``drift_history``, then calls
-        ``trial.report(loss, step)`` and ``trial.should_prune()`` once each. A non-finite
-        loss sets ``lradvisor.diverged`` and prunes at once, whatever the study's pruner.
-
-        Returns:
-            The drift numbers written (JSON values).
+        Writes the drift numbers (:meth:`record`), then ``trial.report(value, step)`` and
+        ``trial.should_prune()``. A non-finite value sets ``lradvisor.diverged`` and prunes
+        at once, whatever the pruner.
         """
-        # One host sync, at the caller's reporting cadence.
-        value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        value, step = _checked_report(value, step)
         if not math.isfinite(value):
             self._diverge(step, value)
-        numbers, observed, predicted = self._drift_numbers()
-        self._history.append(
-            [int(step), observed, predicted, numbers[KEY_DRIFT], numbers[KEY_PREDICTED_DRIFT]]
-        )
-        self._history = _thin(self._history, limit=HISTORY_LIMIT, exact_tail=EXACT_HISTORY_TAIL)
-        numbers[KEY_DRIFT_HISTORY] = self.drift_history  # a copy: storage may keep the object
-        for key, entry in numbers.items():
-            self._set(key, entry)
+        numbers = self.record(step)
         self.trial.report(value, step)
         if self.trial.should_prune():
-            self._record_foreign_prune("base_pruner", {"step": int(step), "value": value})
-            raise optuna.TrialPruned(f"pruned at step {step} (loss {value:.6g})")
+            self._record_foreign_prune("base_pruner", {"step": step, "value": value})
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
         return numbers
+
+    def record(self, step: int) -> dict[str, Any]:
+        """Write the drift numbers at ``step`` without reporting a value (framework callbacks
+        whose pruning callback reports): a bounded set of user_attrs per call — the latest
+        totals and ratio, the last ``RECENT`` entries, the open history chunk."""
+        numbers, entry = self._drift_numbers(int(step))
+        self._reports += 1
+        self._chunk.append(entry)
+        self._recent = [*self._recent, entry[:3]][-_attrs.RECENT :]
+        numbers[_attrs.DRIFT_RECENT] = self._recent
+        numbers[f"{_attrs.DRIFT_HISTORY}.{(self._reports - 1) // _attrs.CHUNK}"] = self._chunk
+        if len(self._chunk) == _attrs.CHUNK:
+            self._chunk = []
+        for key, item in numbers.items():
+            self._set(key, item)
+        return numbers
+
+    def finish(self) -> dict[str, dict[str, float | None]]:
+        """Write the drift after the last step (``lradvisor.final_drift`` and its prediction)."""
+        observed, predicted = self._per_law()
+        self._set(_attrs.FINAL_DRIFT, observed)
+        self._set(_attrs.FINAL_PREDICTED_DRIFT, predicted or {})
+        return {"observed": observed, "predicted": predicted or {}}
 
     def _diverge(self, step: int, value: float) -> None:
         self.diverged_ = True
-        self._set(KEY_DIVERGED, True)
+        self._set(_attrs.DIVERGED, True)
         self.trial.report(value, step)
         self.trial.should_prune()
         self._record_foreign_prune(
@@ -249,38 +246,48 @@ class TrialMonitor:
         detail = {"pruner": type(self.trial.study.pruner).__name__, **detail}
         write_prune_reason(self.trial.study, self.trial._trial_id, reason, detail)
 
-    def _drift_numbers(self) -> tuple[dict[str, Any], float | None, float | None]:
-        """The per-report user_attrs, and the observed and predicted totals over laws."""
+    def _per_law(self) -> tuple[dict[str, float | None], dict[str, float | None] | None]:
         reports = [r for r in self.conservation.report() if not r.name.endswith(":bias-free")]
         observed = {
-            r.name: _json_float(r.drift_identity if r.identity_holds else r.drift_direct)
+            r.name: _attrs.finite(r.drift_identity if r.identity_holds else r.drift_direct)
             for r in reports
         }
-        predicted = self._predictions(reports)
+        return observed, self._predictions(reports)
+
+    def _drift_numbers(self, step: int) -> tuple[dict[str, Any], list[Any]]:
+        """The per-report user_attrs and the history entry."""
+        observed, predicted = self._per_law()
         observed_total = _total(observed.values())
         predicted_total = None if predicted is None else _total(predicted.values())
         numbers = {
-            KEY_IDENTITY_HOLDS: self.identity_holds,
-            KEY_STEPS_OBSERVED: self.conservation.steps,
-            KEY_DRIFT: observed,
-            KEY_PREDICTED_DRIFT: predicted,
-            KEY_DRIFT_RATIO: _ratio(observed_total, predicted_total),
+            _attrs.IDENTITY_HOLDS: self.identity_holds,
+            _attrs.STEPS_OBSERVED: self.conservation.steps,
+            _attrs.DRIFT_OBSERVED: observed_total,
+            _attrs.DRIFT_PREDICTED: predicted_total,
+            _attrs.DRIFT_RATIO: _ratio(observed_total, predicted_total),
         }
-        return numbers, observed_total, predicted_total
+        entry = [int(step), observed_total, predicted_total, observed, predicted]
+        return numbers, entry
 
     def _predictions(self, reports) -> dict[str, float | None] | None:
         steps = self.conservation.steps
-        if not self.identity_holds or self._weights is None or steps == 0:
+        weights = self.curvature_.weights
+        if not self.identity_holds or weights is None or steps == 0 or not self._delta0:
             return None
         if _learning_rate(self.optimizer) != self.lr_:
             return None
         with np.errstate(over="ignore"):
             unit_sum = float(
-                gradient_imbalance_sum(self.lr_, self._eigenvalues, self._weights, steps=steps)
+                gradient_imbalance_sum(
+                    self.lr_,
+                    np.array(self.curvature_.eigenvalues),
+                    np.array(weights),
+                    steps=steps,
+                )
             )
         scale = self.lr_**2 * unit_sum
         return {
-            r.name: _json_float(scale * self._delta0[r.name])
+            r.name: _attrs.finite(scale * self._delta0[r.name])
             if r.identity_holds and self._delta0.get(r.name) is not None
             else None
             for r in reports
@@ -299,40 +306,93 @@ class TrialMonitor:
         return self.conservation.skipped
 
     def drift_numbers(self) -> dict[str, Any]:
-        """Observed and predicted drift now (the numbers ``report`` writes), without reporting."""
-        return self._drift_numbers()[0]
+        """Observed and predicted drift now (the latest numbers ``report`` writes)."""
+        observed, predicted = self._per_law()
+        return {
+            "observed": observed,
+            "predicted": predicted,
+            _attrs.DRIFT_OBSERVED: _total(observed.values()),
+            _attrs.DRIFT_PREDICTED: None if predicted is None else _total(predicted.values()),
+        }
 
     @property
     def drift_history(self) -> list[list[Any]]:
-        """``[step, observed, predicted, {law: observed}, {law: predicted}]`` per report.
-
-        The first three are totals over laws; the per-law predictions are None where no
-        prediction is made. Thinned to ``HISTORY_LIMIT`` entries.
-        """
-        return [list(entry) for entry in self._history]
+        """``[step, observed, predicted, {law: observed}, {law: predicted}]`` per report."""
+        return _attrs.drift_history(self.trial.user_attrs) if self._reports else []
 
     def summary(self) -> str:
-        """The conservation monitor's summary plus the bound and the prediction's basis."""
-        bound = "none (λ_max ≤ 0)" if self.eos_lr_ is None else f"{self.eos_lr_:.4g}"
-        basis = (
-            "no positive eigenvalue: no drift prediction"
-            if self._weights is None
-            else f"prediction from {len(self._eigenvalues) - 1} mode(s) + remainder "
-            f"({self.outside_fraction_:.1%} of ‖g₀‖²) on the smallest"
-        )
+        """The conservation monitor's summary plus the bound and where λ_max came from."""
+        bound = "none" if self.bound_ is None else f"{self.bound_:.4g}"
+        lam = "not measured" if self.lambda_max_ is None else f"{self.lambda_max_:.4g}"
         return "\n".join(
             [
                 self.conservation.summary(),
-                f"lr {self.lr_:.4g}; λ_max(θ₀) {self.lambda_max_:.4g}; η_EoS = 2/λ_max {bound}",
-                basis,
+                f"lr {self.lr_:.4g}; λ_max(θ₀) {lam} ({self.curvature_.source}); "
+                f"bound {bound} ({self.bound_kind_})",
             ]
         )
 
     def _set(self, key: str, value: Any) -> None:
-        self.trial.set_user_attr(key, value)
+        self.trial.set_user_attr(key, _attrs.encode(value))
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def optimizer_bound(
+    optimizer: torch.optim.Optimizer, lambda_max: float | None
+) -> tuple[float | None, str]:
+    """The optimizer-aware bound on the local quadratic and its name (docs/theory.md §9)."""
+    name = type(optimizer).__name__
+    if not isinstance(optimizer, torch.optim.SGD):
+        return None, f"none ({name}: no bound at θ₀ for adaptive optimizers)"
+    if lambda_max is None:
+        return None, "none (λ_max(θ₀) not measured)"
+    group = optimizer.param_groups[0]
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    nesterov = bool(group.get("nesterov", False))
+    bound = momentum_threshold(
+        lambda_max,
+        momentum=momentum,
+        nesterov=nesterov,
+        dampening=float(group.get("dampening", 0.0) or 0.0),
+        weight_decay=float(group.get("weight_decay", 0.0) or 0.0),
+    )
+    kind = (
+        "Nesterov momentum"
+        if nesterov
+        else "heavy-ball momentum"
+        if momentum
+        else "gradient descent"
+    )
+    return bound, kind
+
+
+def _describe(optimizer: torch.optim.Optimizer) -> str:
+    group = optimizer.param_groups[0]
+    keys = ("momentum", "nesterov", "weight_decay", "betas", "eps")
+    shown = ", ".join(f"{k}={group[k]}" for k in keys if k in group and group[k] not in (0, False))
+    return f"{type(optimizer).__name__}({shown})"
+
+
+def _checked_report(value: object, step: object) -> tuple[float, int]:
+    """``report(value, step)`` in Optuna's order: refuse a float step (swapped arguments)."""
+    if isinstance(step, bool) or not isinstance(step, int | np.integer):
+        hint = " (Optuna's order is report(value, step): were the arguments swapped?)"
+        raise LRAdvisorError(f"step must be an integer, but got {step!r}{hint}.")
+    if step < 0:
+        raise LRAdvisorError(f"step must be >= 0, but got {step}.")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise LRAdvisorError(
+                f"value must be a scalar, but got a tensor of shape {tuple(value.shape)}."
+            )
+        value = value.detach()
+    try:
+        number = float(value)  # one host sync, at the caller's reporting cadence
+    except (TypeError, ValueError):
+        raise LRAdvisorError(f"value must be a number, but got {value!r}.") from None
+    return number, int(step)
 
 
 def _resolve_loss(loss: str | LossFunction) -> tuple[str, LossFunction]:
@@ -376,71 +436,35 @@ def _subsample(
     return inputs[rows], targets[rows.to(targets.device)]
 
 
-@contextlib.contextmanager
-def _evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode (no dropout, frozen batch-norm statistics), then as it was."""
-    modes = [module.training for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in zip(model.modules(), modes, strict=True):
-            module.training = training
-
-
 def _initial_imbalance(
-    model: nn.Module, conservation: ConservationMonitor, operator, gradient: torch.Tensor
+    model: nn.Module,
+    conservation: ConservationMonitor,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: LossFunction,
+    seed: int,
 ) -> dict[str, float | None]:
-    """δ_l(0) per law from the full-subsample gradient at θ₀ (None for a frozen law)."""
-    grads = {
-        id(parameter): grad
-        for parameter, grad in zip(operator.params, operator.unflatten(gradient), strict=True)
-    }
+    """δ_l(0) per law from the subsample gradient at this trial's θ₀ (None for a frozen law)."""
+    copy_ = copy.deepcopy(model).train()
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        loss = loss_fn(copy_(inputs), targets)
+        named = [(n, p) for n, p in copy_.named_parameters() if p.requires_grad]
+        grads = dict(
+            zip(
+                (n for n, _ in named), torch.autograd.grad(loss, [p for _, p in named]), strict=True
+            )
+        )
     deltas: dict[str, float | None] = {}
     for pair in conservation.pairs:
-        in_layer = model.get_submodule(pair.in_layer_name)
-        out_layer = model.get_submodule(pair.out_layer_name)
-        g_out, g_in = grads.get(id(out_layer.weight)), grads.get(id(in_layer.weight))
-        g_bias = grads.get(id(in_layer.bias)) if pair.bias_aware else None
+        g_out = grads.get(f"{pair.out_layer_name}.weight")
+        g_in = grads.get(f"{pair.in_layer_name}.weight")
+        g_bias = grads.get(f"{pair.in_layer_name}.bias") if pair.bias_aware else None
         if g_out is None or g_in is None or (pair.bias_aware and g_bias is None):
             deltas[pair.name] = None
             continue
         deltas[pair.name] = float(unit_balance(g_out, g_in, g_bias).sum())
     return deltas
-
-
-def _mode_weights(
-    eigenvalues: np.ndarray, eigenvectors: np.ndarray, gradient: np.ndarray
-) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """Kept eigenvalues (positive ones, then the smallest again) and weights summing to 1.
-
-    w_k = (g₀·v_k)²/‖g₀‖² on the positive modes; the rest of ‖g₀‖² (outside the computed
-    eigenvectors, or on non-positive ones) is the last weight, on the smallest kept λ.
-    """
-    mass = float(gradient @ gradient)
-    positive = eigenvalues > 0
-    if mass == 0 or not positive.any():
-        return eigenvalues, None, None
-    shares = (gradient @ eigenvectors[:, positive]) ** 2 / mass
-    outside = max(0.0, 1.0 - float(shares.sum()))
-    kept = eigenvalues[positive]
-    weights = np.append(shares, outside)
-    return np.append(kept, kept.min()), weights / weights.sum(), outside
-
-
-def _thin(history: list[list[Any]], *, limit: int, exact_tail: int) -> list[list[Any]]:
-    """At most ``limit`` entries: every other older entry goes, the newest stay exact."""
-    if len(history) <= limit:
-        return history
-    older, tail = history[:-exact_tail], history[-exact_tail:]
-    return older[::2] + tail
-
-
-def _json_float(value: float | None) -> float | None:
-    """A float JSON can hold (NaN and ±inf become None)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _total(values) -> float | None:

@@ -10,30 +10,21 @@ from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.study import StudyDirection
 
 from lradvisor.errors import LRAdvisorError
+from lradvisor.integrations import _attrs
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = ["ConservationPruner"]
 
-# The trial user_attrs lradvisor writes and reads (JSON values only). TrialMonitor writes
-# the measurement keys; ConservationPruner reads them and writes the prune keys.
-KEY_LR = "lradvisor.lr"
-KEY_LAMBDA_MAX = "lradvisor.lambda_max"
-KEY_EOS_LR = "lradvisor.eos_lr"
-KEY_LOSS = "lradvisor.loss"
-KEY_TAU = "lradvisor.tau"
-KEY_DIVERGED = "lradvisor.diverged"
-KEY_DRIFT_HISTORY = "lradvisor.drift_history"
-KEY_PRUNE_REASON = "lradvisor.prune_reason"
-KEY_PRUNE_DETAIL = "lradvisor.prune_detail"
-
-PRUNE_REASONS = ("beyond_stability_bound", "diverged", "drift_off_prediction", "base_pruner")
-CROSS_ENTROPY_NAMES = frozenset({"ce", "cross_entropy"})
-
-# TrialMonitor thins old drift-history entries but keeps this many newest ones exact, so a
-# streak of up to this many consecutive reports can always be read back.
-EXACT_HISTORY_TAIL = 50
+PRUNE_REASONS = (
+    "beyond_stability_bound",
+    "diverged",
+    "drift_off_prediction",
+    "base_pruner",
+)
+CROSS_ENTROPY_NAMES = frozenset({"ce", "cross_entropy", "CrossEntropyLoss"})
+CERTAIN_BOUNDS = frozenset({"gradient descent", "heavy-ball momentum", "Nesterov momentum"})
 
 
 def write_prune_reason(
@@ -45,8 +36,8 @@ def write_prune_reason(
     ``user_attrs`` are not written back; ``study._storage.set_trial_user_attr`` is the one
     path that reaches the stored trial (the same call ``Trial.set_user_attr`` makes).
     """
-    study._storage.set_trial_user_attr(trial_id, KEY_PRUNE_REASON, reason)
-    study._storage.set_trial_user_attr(trial_id, KEY_PRUNE_DETAIL, detail)
+    study._storage.set_trial_user_attr(trial_id, _attrs.PRUNE_REASON, reason)
+    study._storage.set_trial_user_attr(trial_id, _attrs.PRUNE_DETAIL, _attrs.encode(detail))
 
 
 class ConservationPruner(BasePruner):
@@ -55,71 +46,61 @@ class ConservationPruner(BasePruner):
     Checks, in order; the first that fires prunes the trial:
 
     1. ``"beyond_stability_bound"``: before any training (no intermediate value yet, or
-       only step 0), the trial's learning rate ``lradvisor.lr`` exceeds
-       ``margin × lradvisor.eos_lr``, with ``margin = ce_stability_margin`` for
-       cross-entropy (``lradvisor.loss`` in {"ce", "cross_entropy"}) and
-       ``stability_margin`` otherwise. The bound η_EoS = 2/λ_max(θ₀) is written by
-       :class:`~lradvisor.integrations.optuna.TrialMonitor`.
+       only step 0), the trial's learning rate ``lradvisor.lr`` exceeds ``margin`` times
+       the optimizer-aware bound ``lradvisor.bound`` that
+       :class:`~lradvisor.integrations.optuna.TrialMonitor` wrote. Only where the bound is
+       certain: SGD, heavy-ball or Nesterov momentum, and no BatchNorm (a scale-invariant
+       loss makes the sharpness at θ₀ say little about later steps); adaptive optimizers
+       have no bound at θ₀ and are never pruned here. ``margin`` is
+       ``ce_stability_margin`` for cross-entropy and ``stability_margin`` otherwise; the
+       prune detail states the margin, the bound and why.
     2. ``"diverged"``: ``lradvisor.diverged`` is true, an intermediate value is not
        finite, or (minimisation only, positive first value) the latest intermediate value
        exceeds ``blowup_factor`` × the first.
-    3. ``"drift_off_prediction"``: the size of the drift, |observed/predicted|, lies
-       outside [1/``drift_factor``, ``drift_factor``] for the last ``drift_patience``
-       entries of ``lradvisor.drift_history`` (one entry per ``TrialMonitor.report``):
-       the non-perturbative regime, where the spectral formula (THEORY.md §4) no longer
-       describes the run. Entries without a prediction break the streak. Only trials
-       that started below the bound (``lr < eos_lr``) are checked: beyond it the
-       formula is the diverging quadratic model and predicts nothing (THEORY.md §6),
-       so checks 1 and 2 decide there. ``drift_factor=None`` turns this check off.
-    4. ``"base_pruner"``: ``base.prune(study, trial)``; ``base=None`` never prunes here.
+    3. ``"drift_off_prediction"`` (off unless ``drift_factor`` is given): |observed/
+       predicted drift| outside [1/``drift_factor``, ``drift_factor``] for the last
+       ``drift_patience`` reports of a trial that started below its bound. The drift ratio
+       is always logged (``lradvisor.drift_ratio``) as a signal.
+    4. Grace period (cross-entropy, when a compression timescale τ(η) = a/η + b is known:
+       ``tau=``, :meth:`from_advice`, or the study user_attr ``lradvisor.tau``): while the
+       trial has trained fewer than ``grace_factor``·τ(η) steps, the base pruner is not
+       asked. A cross-entropy trial at a large rate often loses early and wins once its
+       Hessian has compressed.
+    5. ``"base_pruner"``: ``base.prune(study, trial)``; ``base=None`` never prunes here.
 
-    Every prune writes ``lradvisor.prune_reason`` (one of the four names above) and
-    ``lradvisor.prune_detail`` (a dict with the numbers behind it) into the trial's
-    user_attrs. The pruner keeps no per-trial state: everything is read from the trial,
-    so it is safe with ``study.optimize(..., n_jobs=k)`` and picklable.
+    Every prune writes ``lradvisor.prune_reason`` and ``lradvisor.prune_detail`` (a JSON
+    string) into the trial's user_attrs. The pruner keeps no per-trial state: everything is
+    read from the trial and the study, so it is safe with ``n_jobs`` and picklable.
 
     Args:
         base: the pruner consulted when none of the checks fires (e.g. ``MedianPruner()``).
-        stability_margin: how far above η_EoS(θ₀) a non-cross-entropy trial may start.
+        stability_margin: how far above its bound a non-cross-entropy trial may start.
         ce_stability_margin: the same for cross-entropy.
-        drift_factor: the drift ratio band is [1/``drift_factor``, ``drift_factor``];
-            None disables the drift check.
+        drift_factor: None (default) turns the drift check off; else the ratio band.
         drift_patience: consecutive reports off the band before pruning.
         blowup_factor: latest/first intermediate value that counts as divergence.
+        tau: ``(a, b)`` of τ(η) = a/η + b in optimizer steps, e.g. from ``suggest``.
+        grace_factor: the grace period in units of τ(η).
 
     Example::
 
-        study = optuna.create_study(pruner=ConservationPruner(optuna.pruners.MedianPruner()))
+        advice = lradvisor.suggest(model, data, loss_fn, "sgd")
+        pruner = ConservationPruner.from_advice(advice, optuna.pruners.MedianPruner())
 
     .. note::
-        The cross-entropy margin is wide on purpose. THEORY.md §5: for cross-entropy the
-        Hessian compresses as the correct-class probabilities approach 1, so the bound
-        2/λ_max(t) rises during training and rates above 2/λ_max(θ₀) pass through a short
-        "catapult" phase and then train well. Our own measurements (THEORY.md §8) put the
-        best constant full-batch rate at up to about 4× the initial bound for
-        cross-entropy and at about 1× for MSE; the defaults (8× and 1.5×) prune only trials
-        well past the best rate seen. ``lradvisor.tau`` (the compression timescale) is
-        not used to move the margin.
-
-    .. warning::
-        The drift check prunes runs the θ₀ prediction no longer describes, not runs that
-        train badly. On an 8 → 16 → 3 ReLU MLP (full batch, 500 steps, 60 samples) the
-        ratio stayed within 10× only for η ≲ 0.05·η_EoS (CE) and η ≲ 0.2·η_EoS (MSE); the
-        rates with the lowest final loss (0.5–1× η_EoS) left the band after 50–350 steps
-        and would be pruned. Use ``drift_factor=None`` when the best rate is wanted
-        rather than the regime where the formula holds.
+        The default margins are wide on purpose: on our suites the best rate sat up to 14×
+        above 2/λ_max(θ₀) for full-batch cross-entropy (the Hessian compresses, training
+        passes a catapult) and catapults under MSE reach about 12× (Lewkowycz et al. 2020);
+        a trial beyond them diverges within its first steps. The check saves those steps
+        and never the trials a study is looking for.
 
     .. note::
         Hyperband. Optuna's samplers call ``optuna.pruners._filter_study``, which
         recognises a :class:`~optuna.pruners.HyperbandPruner` by ``isinstance`` and then
-        restricts the sampler to the trial's bracket. A Hyperband merely held in ``base``
-        would lose that filtering, so when ``base`` is a ``HyperbandPruner``, the
-        constructor returns an instance of a subclass of both ``ConservationPruner`` and
-        ``type(base)``, created on first use, whose bracket machinery
-        (``_get_bracket_id``, ``_create_bracket_study``, ``_n_brackets``, ``_pruners``, …)
-        is forwarded to ``base``. This depends on private Optuna names (checked against
-        Optuna 5.0); and the sampler sees the bracket's trials only, so a sampler that
-        counts trials (``TheoryPriorSampler``) counts per bracket.
+        restricts the sampler to the trial's bracket. When ``base`` is a
+        ``HyperbandPruner`` the constructor returns an instance of a subclass of both
+        ``ConservationPruner`` and ``type(base)`` whose bracket machinery is forwarded to
+        ``base`` (private Optuna names, checked against Optuna 5.0).
     """
 
     def __new__(cls, base: BasePruner | None = None, *args: Any, **kwargs: Any):
@@ -131,11 +112,13 @@ class ConservationPruner(BasePruner):
         self,
         base: BasePruner | None = None,
         *,
-        stability_margin: float = 1.5,
-        ce_stability_margin: float = 8.0,
-        drift_factor: float | None = 10.0,
+        stability_margin: float = 12.0,
+        ce_stability_margin: float = 16.0,
+        drift_factor: float | None = None,
         drift_patience: int = 3,
         blowup_factor: float = 1e3,
+        tau: tuple[float, float] | None = None,
+        grace_factor: float = 1.0,
     ) -> None:
         if base is not None and not isinstance(base, BasePruner):
             raise LRAdvisorError(
@@ -143,22 +126,38 @@ class ConservationPruner(BasePruner):
             )
         _check_positive("stability_margin", stability_margin)
         _check_positive("ce_stability_margin", ce_stability_margin)
+        _check_positive("grace_factor", grace_factor)
         if drift_factor is not None:
             _check_above_one("drift_factor", drift_factor)
         _check_above_one("blowup_factor", blowup_factor)
         if isinstance(drift_patience, bool) or not isinstance(drift_patience, int):
             raise LRAdvisorError(f"drift_patience must be an integer, but got {drift_patience!r}.")
-        if not 1 <= drift_patience <= EXACT_HISTORY_TAIL:
+        if not 1 <= drift_patience <= _attrs.RECENT:
             raise LRAdvisorError(
-                f"drift_patience must be between 1 and {EXACT_HISTORY_TAIL} inclusive "
-                f"(the exact tail of the drift history), but got {drift_patience}."
+                f"drift_patience must be between 1 and {_attrs.RECENT} inclusive "
+                f"(the recent drift entries kept per trial), but got {drift_patience}."
             )
+        if tau is not None:
+            tau = _checked_tau(tau)
         self._base = base
         self._stability_margin = float(stability_margin)
         self._ce_stability_margin = float(ce_stability_margin)
         self._drift_factor = None if drift_factor is None else float(drift_factor)
         self._drift_patience = drift_patience
         self._blowup_factor = float(blowup_factor)
+        self._tau = tau
+        self._grace_factor = float(grace_factor)
+
+    @classmethod
+    def from_advice(
+        cls, advice: Any, base: BasePruner | None = None, **kwargs: Any
+    ) -> ConservationPruner:
+        """The pruner with the compression timescale of an :class:`~lradvisor.records.Advice`
+        (cross-entropy probes fit τ(η) = a/η + b; other advice sets none)."""
+        tau = getattr(advice, "tau", None) or {}
+        if tau.get("a") is not None and tau.get("b") is not None and "tau" not in kwargs:
+            kwargs["tau"] = (float(tau["a"]), float(tau["b"]))
+        return cls(base, **kwargs)
 
     def __reduce__(self):
         # The Hyperband variant is created at run time and cannot be found by name when
@@ -179,17 +178,23 @@ class ConservationPruner(BasePruner):
         return True
 
     def check_before_training(self, trial: optuna.trial.Trial) -> bool:
-        """Only the stability-bound check, on a live trial; writes the reason when it fires.
-
-        ``TrialMonitor.should_prune()`` reaches the same check through
-        ``trial.should_prune()`` (it is the first check of :meth:`prune`); this method is
-        for callers that want the bound alone, whatever the study's pruner.
-        """
+        """Only the stability-bound check, on a live trial; writes the reason when it fires."""
         verdict = self._beyond_bound(trial.study, trial._get_latest_trial())
         if verdict is None:
             return False
         write_prune_reason(trial.study, trial._trial_id, *verdict)
         return True
+
+    def grace_steps(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> float:
+        """Steps before the base pruner may prune this trial (0 without a τ fit or for MSE)."""
+        attrs = trial.user_attrs
+        if attrs.get(_attrs.LOSS) not in CROSS_ENTROPY_NAMES:
+            return 0.0
+        tau = self._tau or _study_tau(study)
+        lr = attrs.get(_attrs.LR, trial.params.get("lr"))
+        if tau is None or not _is_positive_number(lr):
+            return 0.0
+        return max(0.0, self._grace_factor * (tau[0] / lr + tau[1]))
 
     def _verdict(
         self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial
@@ -198,9 +203,18 @@ class ConservationPruner(BasePruner):
             verdict = check(study, trial)
             if verdict is not None:
                 return verdict
-        if self._base is not None and self._base.prune(study, trial):
+        if self._base is None or self._in_grace(study, trial):
+            return None
+        if self._base.prune(study, trial):
             return "base_pruner", {"pruner": type(self._base).__name__, "step": trial.last_step}
         return None
+
+    def _in_grace(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        grace = self.grace_steps(study, trial)
+        if grace <= 0:
+            return False
+        steps = trial.user_attrs.get(_attrs.STEPS_OBSERVED, trial.last_step)
+        return _is_number(steps) and steps < grace
 
     def _beyond_bound(
         self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial
@@ -208,21 +222,29 @@ class ConservationPruner(BasePruner):
         if trial.last_step not in (None, 0):
             return None
         attrs = trial.user_attrs
-        lr, eos_lr = attrs.get(KEY_LR), attrs.get(KEY_EOS_LR)
-        if not (_is_positive_number(lr) and _is_positive_number(eos_lr)):
+        lr, bound = attrs.get(_attrs.LR), attrs.get(_attrs.BOUND)
+        kind = attrs.get(_attrs.BOUND_KIND)
+        if not (_is_positive_number(lr) and _is_positive_number(bound)):
             return None
-        loss = attrs.get(KEY_LOSS)
+        if kind not in CERTAIN_BOUNDS or attrs.get(_attrs.SCALE_INVARIANT):
+            return None
+        loss = attrs.get(_attrs.LOSS)
         ce = loss in CROSS_ENTROPY_NAMES
         margin = self._ce_stability_margin if ce else self._stability_margin
-        if lr <= margin * eos_lr:
+        if lr <= margin * bound:
             return None
         return "beyond_stability_bound", {
             "lr": lr,
-            "eos_lr": eos_lr,
-            "lambda_max": attrs.get(KEY_LAMBDA_MAX),
-            "lr_over_eos_lr": lr / eos_lr,
+            "bound": bound,
+            "bound_kind": kind,
+            "lambda_max": attrs.get(_attrs.LAMBDA_MAX),
+            "lr_over_bound": lr / bound,
             "margin": margin,
             "margin_kind": "ce_stability_margin" if ce else "stability_margin",
+            "why": (
+                f"lr is {lr / bound:.3g}× the {kind} bound; beyond {margin:g}× no best rate was "
+                "seen on our suites (catapults end there) and such trials diverge in a few steps"
+            ),
             "loss": loss,
         }
 
@@ -230,7 +252,7 @@ class ConservationPruner(BasePruner):
         self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial
     ) -> tuple[str, dict[str, Any]] | None:
         values = trial.intermediate_values
-        if trial.user_attrs.get(KEY_DIVERGED):
+        if trial.user_attrs.get(_attrs.DIVERGED):
             latest = values.get(trial.last_step) if trial.last_step is not None else None
             return "diverged", {
                 "cause": "flag",
@@ -265,10 +287,10 @@ class ConservationPruner(BasePruner):
         attrs = trial.user_attrs
         if self._drift_factor is None or _started_beyond_bound(attrs):
             return None
-        history = attrs.get(KEY_DRIFT_HISTORY) or []
-        if len(history) < self._drift_patience:
+        recent = _attrs.decode(attrs.get(_attrs.DRIFT_RECENT)) or []
+        if len(recent) < self._drift_patience:
             return None
-        tail = history[-self._drift_patience :]
+        tail = recent[-self._drift_patience :]
         ratios = [_drift_ratio(entry[1], entry[2]) for entry in tail]
         if any(ratio is None or self._in_band(ratio) for ratio in ratios):
             return None
@@ -284,6 +306,26 @@ class ConservationPruner(BasePruner):
     def _in_band(self, ratio: float) -> bool:
         # The size is compared, not the sign: δ(t) may change sign as training leaves θ₀.
         return 1.0 / self._drift_factor <= abs(ratio) <= self._drift_factor
+
+
+def _checked_tau(tau: object) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in tau)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise LRAdvisorError(f"tau must be a pair (a, b) of numbers, but got {tau!r}.") from None
+    if not (math.isfinite(a) and math.isfinite(b) and a > 0):
+        raise LRAdvisorError(f"tau must be finite with a > 0, but got {tau!r}.")
+    return a, b
+
+
+def _study_tau(study: optuna.study.Study) -> tuple[float, float] | None:
+    stored = _attrs.decode(study.user_attrs.get(_attrs.STUDY_TAU))
+    if not isinstance(stored, list | tuple) or len(stored) != 2:
+        return None
+    try:
+        return _checked_tau(stored)
+    except LRAdvisorError:
+        return None
 
 
 def _restore(requested: type, state: dict[str, Any]) -> ConservationPruner:
@@ -363,8 +405,8 @@ def _is_positive_number(value: object) -> bool:
 
 
 def _started_beyond_bound(attrs: dict[str, Any]) -> bool:
-    lr, eos_lr = attrs.get(KEY_LR), attrs.get(KEY_EOS_LR)
-    return _is_positive_number(lr) and _is_positive_number(eos_lr) and lr >= eos_lr
+    lr, bound = attrs.get(_attrs.LR), attrs.get(_attrs.BOUND, attrs.get(_attrs.EOS_LR))
+    return _is_positive_number(lr) and _is_positive_number(bound) and lr >= bound
 
 
 def _drift_ratio(observed: object, predicted: object) -> float | None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TheoryPriorSampler"]
 
-KEY_PRIOR = "lradvisor.prior"
+KEY_PRIOR = "lradvisor.prior"  # = _attrs.PRIOR
 
 # Draws outside [low, high] are redrawn this many times before being clipped, so the prior
 # is a truncated log-normal in practice and piles no mass on the edges.
@@ -57,6 +57,15 @@ class TheoryPriorSampler(BaseSampler):
         n_prior_trials: how many trials get the prior.
         sigma: spread of the prior in natural-log units (0.5: ×/÷ 1.65 for one σ).
         seed: seed of the prior's draws (and of the default base sampler).
+        width_param: in a study that searches width, the parameter holding it (sampled
+            before ``param_name``); the prior then follows the stability bound per width.
+        reference_width: the width the advice was made for.
+
+    Width (``width_param``): once the study's monitors have measured λ_max(θ₀) at three
+    widths (``TrialMonitor(width=...)``), the fitted law λ_max(m) = a·m^b moves the prior's
+    centre and range for a trial of width m by the bound's ratio (m/m₀)^(−b), m₀ =
+    ``reference_width``; before that, and for trials whose width is not sampled yet, the
+    advice is used as it is.
 
     Example::
 
@@ -82,6 +91,8 @@ class TheoryPriorSampler(BaseSampler):
         n_prior_trials: int = 10,
         sigma: float = 0.5,
         seed: int | None = None,
+        width_param: str | None = None,
+        reference_width: int | None = None,
     ) -> None:
         if base is not None and not isinstance(base, BaseSampler):
             raise LRAdvisorError(
@@ -107,6 +118,16 @@ class TheoryPriorSampler(BaseSampler):
         self._sigma = float(sigma)
         self._rng = np.random.RandomState(seed)
         self._in_prior_phase: dict[int, bool] = {}
+        if (width_param is None) != (reference_width is None):
+            raise LRAdvisorError("width_param and reference_width go together (both or neither).")
+        if reference_width is not None and not (
+            isinstance(reference_width, int) and reference_width > 0
+        ):
+            raise LRAdvisorError(
+                f"reference_width must be a positive integer, but got {reference_width!r}."
+            )
+        self._width_param = width_param
+        self._reference_width = reference_width
 
     @classmethod
     def from_advice(cls, advice: Advice, param_name: str = "lr", **kw: Any) -> TheoryPriorSampler:
@@ -159,7 +180,7 @@ class TheoryPriorSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         if param_name == self._param_name and self._prior_active(study, trial):
-            value = self._draw(param_distribution)
+            value = self._draw(param_distribution, self._width_factor(study, trial))
             if value is not None:
                 # A sampler only holds a FrozenTrial copy: write through the storage.
                 study._storage.set_trial_user_attr(trial._trial_id, KEY_PRIOR, True)
@@ -181,7 +202,23 @@ class TheoryPriorSampler(BaseSampler):
         )
         return earlier < self._n_prior_trials
 
-    def _draw(self, distribution: BaseDistribution) -> float | None:
+    def _width_factor(self, study: Study, trial: FrozenTrial) -> float:
+        """(m/m₀)^(−b) from the study's measured widths, or 1 (no law yet, width unknown)."""
+        if self._width_param is None or self._width_param not in trial.params:
+            return 1.0
+        from lradvisor.integrations import _attrs
+        from lradvisor.theory import fit_width_law
+
+        points = _attrs.decode(study.user_attrs.get(_attrs.STUDY_WIDTH_POINTS)) or []
+        measured = {int(p[0]): float(p[1]) for p in points if p[1] is not None and p[1] > 0}
+        if len(measured) < 3:
+            return 1.0
+        widths = np.array(sorted(measured), dtype=float)
+        _, exponent, _ = fit_width_law(widths, np.array([measured[int(w)] for w in widths]))
+        width = float(trial.params[self._width_param])
+        return float((width / self._reference_width) ** (-exponent))
+
+    def _draw(self, distribution: BaseDistribution, factor: float = 1.0) -> float | None:
         """One prior draw inside the distribution, or None when the prior cannot apply."""
         if not isinstance(distribution, FloatDistribution):
             warnings.warn(
@@ -190,8 +227,8 @@ class TheoryPriorSampler(BaseSampler):
                 stacklevel=3,
             )
             return None
-        low = max(self._low, distribution.low)
-        high = min(self._high, distribution.high)
+        low = max(self._low * factor, distribution.low)
+        high = min(self._high * factor, distribution.high)
         if low > high:
             warnings.warn(
                 f"TheoryPriorSampler: prior range [{self._low:.4g}, {self._high:.4g}] and "
@@ -201,7 +238,7 @@ class TheoryPriorSampler(BaseSampler):
             )
             return None
         for _ in range(_REDRAWS):
-            value = self._center * math.exp(self._sigma * self._rng.standard_normal())
+            value = self._center * factor * math.exp(self._sigma * self._rng.standard_normal())
             if low <= value <= high:
                 break
         value = min(max(value, low), high)

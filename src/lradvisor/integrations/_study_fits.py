@@ -1,8 +1,8 @@
 """α fitted across an Optuna study's trials: |drift| ∝ lr^α within each architecture.
 
-Reads only trial user_attrs (no torch): the study-file objective's ``lradvisor.final_drift``
-or, for objectives with a bare :class:`~lradvisor.integrations.optuna.TrialMonitor`, the
-latest reported ``lradvisor.drift``.
+Reads only trial user_attrs (no torch): ``lradvisor.final_drift`` (written by the study-file
+objective and by ``TrialMonitor.finish``) or, for objectives that never called it, the last
+entry of the reported drift history.
 """
 
 from __future__ import annotations
@@ -14,22 +14,27 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from lradvisor.integrations import _attrs
+
 __all__ = ["MIN_DISTINCT_LRS", "AlphaGroup", "alpha_by_architecture", "final_drift"]
 
 MIN_DISTINCT_LRS = 3
 ARCHITECTURE_ATTR = "lradvisor.architecture"
-DRIFT_ATTR = "lradvisor.final_drift"
-PREDICTED_DRIFT_ATTR = "lradvisor.final_predicted_drift"
-LATEST_DRIFT_ATTR = "lradvisor.drift"
-LATEST_PREDICTED_ATTR = "lradvisor.predicted_drift"
+DRIFT_ATTR = _attrs.FINAL_DRIFT
+PREDICTED_DRIFT_ATTR = _attrs.FINAL_PREDICTED_DRIFT
 
 
 def final_drift(trial: FrozenTrial) -> tuple[dict, dict]:
     """``({law: observed}, {law: predicted})`` at the trial's last measured step."""
     attrs = trial.user_attrs
     if DRIFT_ATTR in attrs:
-        return attrs.get(DRIFT_ATTR) or {}, attrs.get(PREDICTED_DRIFT_ATTR) or {}
-    return attrs.get(LATEST_DRIFT_ATTR) or {}, attrs.get(LATEST_PREDICTED_ATTR) or {}
+        return _attrs.decode(attrs.get(DRIFT_ATTR)) or {}, _attrs.decode(
+            attrs.get(PREDICTED_DRIFT_ATTR)
+        ) or {}
+    history = _attrs.drift_history(attrs)
+    if not history:
+        return {}, {}
+    return history[-1][3] or {}, history[-1][4] or {}
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,7 @@ from lradvisor.engine.batched import batch_indices
 from lradvisor.engine.data import Dataset
 from lradvisor.engine.training import LossFunction, loss_function, make_optimizer
 from lradvisor.errors import ConfigError
-from lradvisor.integrations._study_fits import (
-    ARCHITECTURE_ATTR,
-    DRIFT_ATTR,
-    PREDICTED_DRIFT_ATTR,
-)
+from lradvisor.integrations._study_fits import ARCHITECTURE_ATTR, DRIFT_ATTR
 from lradvisor.studies.schema import ParameterSpec, StudySpec
 
 __all__ = [
@@ -46,8 +42,6 @@ TRAIN_LOSS_ATTR = "lradvisor.final_train_loss"
 VAL_LOSS_ATTR = "lradvisor.final_val_loss"
 PRUNE_REASON_ATTR = "lradvisor.prune_reason"
 PRUNE_DETAIL_ATTR = "lradvisor.prune_detail"
-
-_BIAS_FREE_SUFFIX = ":bias-free"
 
 
 def suggest(trial: optuna.trial.BaseTrial, name: str, spec: ParameterSpec) -> Any:
@@ -165,7 +159,7 @@ class StudyObjective:
         value = self._metric(self._record_final(trial, model, data, config, monitor))
         if not math.isfinite(value):
             trial.set_user_attr(PRUNE_REASON_ATTR, "diverged")
-            trial.set_user_attr(PRUNE_DETAIL_ATTR, {"cause": "non_finite_final_metric"})
+            trial.set_user_attr(PRUNE_DETAIL_ATTR, '{"cause":"non_finite_final_metric"}')
             raise optuna.TrialPruned(f"the final {self.study.metric} is {value}: diverged")
         return value
 
@@ -180,10 +174,7 @@ class StudyObjective:
         evaluation = _evaluate(model, data, loss_function(config.training))
         trial.set_user_attr(TRAIN_LOSS_ATTR, _json(evaluation.train_loss))
         trial.set_user_attr(VAL_LOSS_ATTR, _json(evaluation.val_loss))
-        trial.set_user_attr(DRIFT_ATTR, _final_drift(monitor))
-        trial.set_user_attr(
-            PREDICTED_DRIFT_ATTR, monitor.drift_numbers()["lradvisor.predicted_drift"]
-        )
+        monitor.finish()  # lradvisor.final_drift and its prediction (JSON strings)
         return evaluation
 
     def _build(self, config: ModelConfig) -> tuple[nn.Module, Dataset]:
@@ -236,7 +227,7 @@ class StudyObjective:
             # No report after the last step: pruning a trained trial would save nothing.
             if done % budget.report_every == 0 and done < budget.steps:
                 trial.set_user_attr(STEPS_ATTR, done)
-                monitor.report(done, self._metric(_evaluate(model, data, loss)))
+                monitor.report(self._metric(_evaluate(model, data, loss)), done)
 
     def _metric(self, evaluation: _Evaluation) -> float:
         if self.study.metric == "val_loss" and evaluation.val_loss is not None:
@@ -266,17 +257,6 @@ def _to_device(data: Dataset, device: torch.device) -> Dataset:
         if getattr(data, name) is not None
     }
     return dataclasses.replace(data, **move)
-
-
-def _final_drift(monitor: Any) -> dict[str, float | None]:
-    """Law → C(T) − C(0) (η²·S where the identity holds, else the direct difference)."""
-    drift = {}
-    for report in monitor.conservation.report():
-        if report.name.endswith(_BIAS_FREE_SUFFIX):
-            continue
-        value = report.drift_identity if report.identity_holds else report.drift_direct
-        drift[report.name] = _json(value)
-    return drift
 
 
 def _json(value: float | None) -> float | None:

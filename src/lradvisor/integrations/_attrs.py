@@ -1,0 +1,107 @@
+"""The Optuna trial user_attrs lradvisor writes and reads: names, encoding, the drift history.
+
+Every value is a JSON scalar (number, string, bool, None) or a JSON *string* holding a list
+or a dict, so ``study.trials_dataframe()`` has plain columns (``to_parquet``, ``nunique``
+and ``drop_duplicates`` work) and optuna-dashboard shows them as text. :func:`decode`
+reads either form back (studies written by older versions stored dicts and lists).
+
+The drift history is written in chunks of ``CHUNK`` reports (``lradvisor.drift_history.0``,
+``.1``, …; the open chunk is rewritten at each report), so a report writes a bounded
+amount, not the whole history; :func:`drift_history` joins the chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["CHUNK", "RECENT", "decode", "drift_history", "encode", "finite"]
+
+# Written once per trial, by the monitor.
+LR = "lradvisor.lr"
+LAMBDA_MAX = "lradvisor.lambda_max"
+EOS_LR = "lradvisor.eos_lr"
+BOUND = "lradvisor.bound"
+BOUND_KIND = "lradvisor.bound_kind"
+OPTIMIZER = "lradvisor.optimizer"
+SCALE_INVARIANT = "lradvisor.scale_invariant"
+CURVATURE = "lradvisor.curvature"
+LOSS = "lradvisor.loss"
+LAWS = "lradvisor.laws"
+SKIPPED = "lradvisor.skipped"
+IDENTITY_HOLDS = "lradvisor.identity_holds"
+OUTSIDE_FRACTION = "lradvisor.outside_fraction"
+WIDTH = "lradvisor.width"
+# Written at each report.
+STEPS_OBSERVED = "lradvisor.steps_observed"
+DRIFT_OBSERVED = "lradvisor.drift_observed"
+DRIFT_PREDICTED = "lradvisor.drift_predicted"
+DRIFT_RATIO = "lradvisor.drift_ratio"
+DRIFT_RECENT = "lradvisor.drift_recent"
+DRIFT_HISTORY = "lradvisor.drift_history"
+DIVERGED = "lradvisor.diverged"
+# Written at the end of a trial.
+FINAL_DRIFT = "lradvisor.final_drift"
+FINAL_PREDICTED_DRIFT = "lradvisor.final_predicted_drift"
+# Written by the pruner and the sampler.
+PRUNE_REASON = "lradvisor.prune_reason"
+PRUNE_DETAIL = "lradvisor.prune_detail"
+PRIOR = "lradvisor.prior"
+# Study user_attrs.
+STUDY_TAU = "lradvisor.tau"
+STUDY_CURVATURE = "lradvisor.curvature_cache"
+STUDY_WIDTH_POINTS = "lradvisor.width_points"
+
+CHUNK = 16  # reports per drift-history chunk
+RECENT = 8  # [step, observed, predicted] entries kept in lradvisor.drift_recent
+
+
+def finite(value: object) -> float | None:
+    """A float JSON can hold, or None (NaN, ±inf, non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def encode(value: Any) -> Any:
+    """Scalars as they are (non-finite floats as None); lists and dicts as a JSON string."""
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(_plain(value), separators=(",", ":"))
+    if isinstance(value, float):
+        return finite(value)
+    return value
+
+
+def decode(value: Any) -> Any:
+    """The list or dict behind an encoded value (old studies stored them as is)."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def drift_history(attrs: Mapping[str, Any]) -> list[list[Any]]:
+    """``[step, observed, predicted, {law: observed}, {law: predicted}]`` per report, joined
+    from the chunks (or the single list older versions wrote)."""
+    if DRIFT_HISTORY in attrs:
+        return list(decode(attrs[DRIFT_HISTORY]) or [])
+    entries: list[list[Any]] = []
+    index = 0
+    while f"{DRIFT_HISTORY}.{index}" in attrs:
+        entries.extend(decode(attrs[f"{DRIFT_HISTORY}.{index}"]) or [])
+        index += 1
+    return entries
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, float):
+        return finite(value)
+    return value
