@@ -31,11 +31,34 @@ def _model_text(config) -> str:
     return f"{config.model.activation} MLP hidden {config.model.hidden}, bias={config.model.bias}"
 
 
-def render_sweep(report: SweepReport, *, law: int = 0) -> str:
+def _drift_text(report: SweepReport) -> str:
+    result = report.result
+    dtype = result.config.training.dtype
+    if report.drift == "direct":
+        return f"C(T) − C(0) with C summed in {dtype} (direct, as the paper measured)"
+    if result.identity_holds:
+        return "η²·S (float64, exact identity)"
+    return "C(T) − C(0) (direct; identity does not apply)"
+
+
+def _fit_text(report: SweepReport) -> str:
+    parts = []
+    if report.fit_lrs is not None:
+        parts.append(f"η in [{report.fit_lrs[0]:g}, {report.fit_lrs[1]:g}]")
+    parts.append(
+        "diverged trials left out of their rate's mean"
+        if report.diverged == "exclude"
+        else "rates with a diverged trial left out"
+    )
+    return "; ".join(parts)
+
+
+def render_sweep(report: SweepReport, *, law: int | None = None) -> str:
     result = report.result
     config = result.config
     if not result.law_names:
         return _render_lawless(report)
+    law = report.law if law is None else law
     if law >= len(result.law_names):
         from lradvisor.errors import ConfigError
 
@@ -43,11 +66,6 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
             "<command line>", "--law", f"a law between 1 and {len(result.law_names)}", law + 1
         )
     name = result.law_names[law]
-    kind = (
-        "η²·S (float64, exact identity)"
-        if result.identity_holds
-        else "C(T) − C(0) (direct; identity does not apply)"
-    )
     batch = (
         "full batch"
         if config.training.batch_size is None
@@ -57,23 +75,32 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
         f"lradvisor sweep: {config.name} ({config.source_file})",
         f"model {_model_text(config)}; "
         f"{config.training.loss.upper()} loss, {config.training.optimizer.upper()} {batch}, {result.steps} steps, {config.training.dtype}",
-        f"{result.n_trials} trials in {result.wall_time:.2f} s (batched); law {name}; drift = {kind}",
+        f"{result.n_trials} trials in {result.wall_time:.2f} s (batched); law {name}; drift = {_drift_text(report)}",
         "",
     ]
+    rows_data = report.per_lr(law)
+    show_fit = report.fit_lrs is not None or report.diverged != "exclude"
     headers = ["η", "drift mean", "± std", "S mean", "id. resid", "final loss", "diverged"]
+    if show_fit:
+        headers.append("in fit")
     if report.prediction is not None:
         headers += ["S predicted", "rel err"]
     rows = []
-    for row in report.per_lr(law):
+    for row in rows_data:
+        drift_cell = _num(row["drift_mean"])
+        if report.drift == "direct" and row.get("near_floor"):
+            drift_cell += " ≈floor"
         cells = [
             _num(row["lr"], "g"),
-            _num(row["drift_mean"]),
+            drift_cell,
             _num(row["drift_std"], ".2g"),
             _num(row["imbalance_sum_mean"]),
             _num(row["identity_residual_max"], ".1e"),
             _num(row["final_loss_mean"], ".4g"),
             f"{row['diverged']}/{row['seeds']}",
         ]
+        if show_fit:
+            cells.append("yes" if row["in_fit"] else "no")
         if report.prediction is not None:
             if row["beyond_eos"]:
                 cells += ["beyond EoS", "—"]
@@ -94,6 +121,7 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
             f"α = {fit.alpha:.3f}  95% CI [{lo:.3f}, {hi:.3f}] ({fit.ci_method})  R² = {fit.r2:.4f}  "
             f"over {fit.n_points} learning rates   drift ∝ η^α"
         )
+    lines.append(f"fit: {_fit_text(report)}")
     for other, other_fit in enumerate(report.fits):
         if other != law and other_fit is not None:
             lines.append(
@@ -111,6 +139,7 @@ def render_sweep(report: SweepReport, *, law: int = 0) -> str:
         lines.append(
             "biased net: the drift above is the bias-aware law C = ‖W_{l+1}‖² − ‖W_l‖² − ‖b_l‖²; see --json 'bias_free_drift_direct' for the bias-free formula"
         )
+    lines.extend(f"warning: {warning}" for warning in report.warnings)
     return "\n".join(lines)
 
 
