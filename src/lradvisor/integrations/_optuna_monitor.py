@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -117,9 +118,12 @@ class TrialMonitor:
         self.model = model
         self.optimizer = optimizer
         self.loss_name, self._loss_fn = _resolve_loss(loss)
-        self.conservation = ConservationMonitor(
-            model, optimizer=optimizer, per_unit=False, allow_empty=True
-        )
+        with warnings.catch_warnings():
+            # Said by lradvisor.identity_holds and summary(); a warning per trial is noise.
+            warnings.filterwarnings("ignore", message=".*breaks the η²·S identity")
+            self.conservation = ConservationMonitor(
+                model, optimizer=optimizer, per_unit=False, allow_empty=True
+            )
         self.lr_ = _learning_rate(optimizer)
         self.diverged_ = False
         self._reports = 0
