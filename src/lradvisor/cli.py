@@ -566,17 +566,32 @@ def mlflow_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_friendly
 def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> None:
-    """Send the kept MLflow payloads (parent runs, trials, summaries) in order."""
-    from lradvisor.integrations.mlflow import spool_folder, sync
+    """Send the kept MLflow payloads (parent runs, trials, summaries) in order.
+
+    A file that is not a payload, or that the store refuses, is moved to the spool's bad/
+    folder and named. Exit code 1 while payloads are still pending.
+    """
+    # By hand, a slow server may take its time (a study's logging gives up after seconds).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from lradvisor.integrations.mlflow import check_tracking_uri, spool_folder, sync
 
     folder = spool_folder(spool)
+    if spool is not None and not folder.is_dir():
+        raise LRAdvisorError(f"--spool {spool}: no such folder")
+    if tracking_uri is not None:
+        check_tracking_uri(tracking_uri)
     with _progress("payloads") as update:
         result = sync(folder, tracking_uri=tracking_uri, progress=update)
     if as_json:
         payload = {"spool": str(folder), "sent": result.sent, "pending": result.pending}
-        click.echo(json.dumps({**payload, "errors": result.errors}, indent=2))
+        payload.update(errors=result.errors, quarantined=result.quarantined)
+        click.echo(json.dumps(payload, indent=2))
     else:
         click.echo(f"sent {result.sent} payload(s) from {folder}; {result.pending} still pending")
+        if result.quarantined:
+            click.echo(
+                f"moved {len(result.quarantined)} file(s) that cannot be sent to {folder / 'bad'}"
+            )
         for error in result.errors[:5]:
             click.echo(f"  {error}")
     if result.pending:

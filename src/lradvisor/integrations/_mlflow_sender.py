@@ -1,27 +1,33 @@
 """The MLflow sender process of :class:`lradvisor.integrations.mlflow.MLflowCallback`.
 
 Reads one JSON request per line on stdin and answers one JSON line on stdout:
-``{"warm": uri}`` opens the store (answer ``{}``); ``{"spool": folder}`` sends what the
-spool holds (answer: the :class:`~lradvisor.integrations.mlflow.SyncResult` fields). Clients
-and run ids are kept between requests. Ends when stdin closes.
+``{"warm": uri}`` opens the store (answer ``{}``, or ``{"error": why}``); ``{"spool": folder}``
+sends what the spool holds (answer: the :class:`~lradvisor.integrations.mlflow.SyncResult`
+fields). Clients and run ids are kept between requests. Ends when stdin closes; Ctrl-C in
+the terminal is for the parent, which closes stdin when it stops.
+
+Started isolated by :func:`lradvisor.integrations.mlflow.sender_command`.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import asdict
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from lradvisor.integrations.mlflow import sync, warm
 
     deliveries: dict = {}
     for line in sys.stdin:
         request = json.loads(line)
         if "warm" in request:
-            deliveries.update(warm(request["warm"]))
-            answer: dict = {}
+            opened, problem = warm(request["warm"])
+            deliveries.update(opened)
+            answer: dict = {} if problem is None else {"error": problem}
         else:
             answer = asdict(sync(request["spool"], _deliveries=deliveries))
         sys.stdout.write(json.dumps(answer) + "\n")

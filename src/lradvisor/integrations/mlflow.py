@@ -25,6 +25,13 @@ what cannot be sent stays there (one warning line) and is retried after each lat
 at ``finish``, and by ``lradvisor mlflow sync``. Delivery is idempotent: a run is found
 again by its tags, a half-sent trial run is deleted and sent again whole, so a retry never
 duplicates runs or metric points.
+
+A slow or broken server costs a study seconds, not minutes: every HTTP request gives up
+after :data:`REQUEST_TIMEOUT` seconds without retries, and after a failure that took time
+(a server that accepts requests and never answers) the uploader stops trying (a circuit
+breaker) for :data:`RETRY_SECONDS`; a server that refuses at once is simply retried after
+the next trial. What was not sent waits in the spool. A payload that is malformed or that the store refuses (a foreign or truncated file)
+is moved to ``bad/`` inside the spool, named in the warning, and the rest are sent.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ import fcntl
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -48,6 +57,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lradvisor.errors import LRAdvisorError
 from lradvisor.integrations._mlflow_payloads import (
     COMPLETE_TAG,
     PARENT_KEY_TAG,
@@ -71,7 +81,17 @@ __all__ = [
 
 DEFAULT_SPOOL = Path("runs") / "mlflow-spool"
 SPOOL_ENV = "LRADVISOR_MLFLOW_SPOOL"
+#: Where malformed or refused payloads go, inside the spool.
+QUARANTINE = "bad"
+#: After a slow failure, the uploader leaves the server alone this long (circuit breaker).
 RETRY_SECONDS = 30.0
+#: A failed flush that took longer than this opened the breaker (a timeout, not a refusal).
+SLOW_FAILURE_SECONDS = 1.0
+#: Seconds an HTTP request to the tracking server may take (MLflow's default is 120, with
+#: 7 retries and exponential backoff: minutes per request against a server that hangs).
+REQUEST_TIMEOUT = 3
+#: Seconds the uploader waits for its sender process to answer one request.
+SENDER_TIMEOUT = 60.0
 _RANK = {"parent": 0, "run": 0, "trial": 1, "summary": 2}
 _BATCH_METRICS = 1000
 _BATCH_PARAMS = 100
@@ -82,9 +102,26 @@ _ENV_DEFAULTS = {
     # MLflow's usage telemetry: a network call per client operation, refused on closed
     # networks; set MLFLOW_DISABLE_TELEMETRY=false yourself to keep it on.
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+}
+#: The fields every payload kind needs (anything else in the spool is quarantined).
+_REQUIRED = {
+    "parent": ("parent_key", "run_name"),
+    "trial": (
+        "parent_key",
+        "trial_number",
+        "tags",
+        "params",
+        "metrics",
+        "start_time",
+        "end_time",
+        "status",
+        "run_name",
+    ),
+    "summary": ("parent_key", "digest", "metrics", "tags", "figures", "step"),
+    "run": ("run_key", "tags", "run_name", "params", "metrics", "status"),
 }
 
 
@@ -94,9 +131,11 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     A relative ``sqlite:///`` path is made absolute, so that every process (and a later
     ``lradvisor mlflow sync``) means the same file.
     """
-    import mlflow
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        import mlflow  # only here: importing MLflow takes seconds
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+        uri = mlflow.get_tracking_uri()
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(Path(uri[len(prefix) :]).resolve())
@@ -106,6 +145,67 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 def spool_folder(spool: str | Path | None = None) -> Path:
     """The spool folder: ``spool``, else ``$LRADVISOR_MLFLOW_SPOOL``, else runs/mlflow-spool."""
     return Path(spool or os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL).resolve()
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse, before any work, a tracking URI MLflow has no store for, and a local store
+    (SQLite file, file store) or spool whose folder cannot take files."""
+    scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else ""
+    if uri.startswith("file:"):
+        scheme = "file"
+    if scheme not in _BUILT_IN_STORES and scheme not in _plugin_stores():
+        raise LRAdvisorError(
+            f"tracking URI {uri}: MLflow has no store for '{scheme}://'; expected "
+            "http(s)://host:port, sqlite:///file.db, postgresql://… or a folder"
+        )
+    if scheme == "sqlite":
+        database = Path(uri.split(":///", 1)[-1]) if ":///" in uri else None
+        if database is not None and str(database) not in ("", ":memory:"):
+            _check_writable(database, f"MLflow store {uri}")
+
+
+#: Schemes of MLflow's own tracking stores ("" is a plain folder path).
+_BUILT_IN_STORES = frozenset(
+    {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "uc"}
+    | {"databricks-uc"}
+)
+
+
+def _plugin_stores() -> set[str]:
+    """Schemes registered by MLflow plugins (MLflow's registry is private API: none if it moved)."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return set(_tracking_store_registry._registry)
+    except Exception:  # a private API that moved: accept nothing beyond the built-ins
+        return set()
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """``path`` (a file, or a folder with ``folder=True``) can be created or written."""
+    if path.is_dir():
+        raise LRAdvisorError(f"{what}: {path} is a folder, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise LRAdvisorError(f"{what}: {path} is read-only")
+        return
+    _check_folder(path.parent, what)
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LRAdvisorError(f"{what}: {existing} is not a folder")
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".lradvisor-probe-")
+    except OSError as exc:
+        raise LRAdvisorError(
+            f"{what}: cannot create files in {existing} ({exc.strerror}); "
+            f"set {SPOOL_ENV} / --tracking-uri elsewhere, or --no-mlflow"
+        ) from None
+    probe.close()
 
 
 # ------------------------------------------------------------------------------- spool
@@ -164,11 +264,12 @@ def _claimed(path: Path):
 
 @dataclass
 class SyncResult:
-    """What one flush of the spool did."""
+    """What one flush of the spool did (``quarantined``: payload files moved to ``bad/``)."""
 
     sent: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +290,24 @@ class _Delivery:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._experiments: dict[str, str] = {}
         self._parents: dict[tuple[str, str], str] = {}
+        self._open_local_store()
+
+    def _open_local_store(self) -> None:
+        """A new SQLite store creates and migrates its tables on first use; two processes
+        doing that together leave it half-migrated. Serialised with a lock next to it."""
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            return
+        database = Path(self.uri[len(prefix) :])
+        if database.name in ("", ":memory:"):
+            return
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database.with_name(database.name + ".init.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self.client.search_experiments(max_results=1)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def reachable(self) -> str | None:
         """None when the store answers; else why not (HTTP servers only are probed)."""
@@ -362,6 +481,46 @@ class _Delivery:
             )
 
 
+def _payload_problem(payload: object) -> str | None:
+    """Why a spool file is not an lradvisor payload (None when it is one)."""
+    if not isinstance(payload, dict) or not payload:
+        return "not a JSON object"
+    kind = payload.get("kind")
+    if kind not in _REQUIRED:
+        return f"unknown kind {str(kind)[:40]!r}"
+    for key in ("experiment", "tracking_uri"):
+        if not isinstance(payload.get(key), str) or not payload.get(key):
+            return f"no '{key}'"
+    missing = [key for key in _REQUIRED[kind] if key not in payload]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def _quarantine(path: Path, reason: str, result: SyncResult) -> None:
+    """Move a payload file that can never be sent to ``bad/`` (kept for a human to read)."""
+    target = path.parent / QUARANTINE / path.name
+    try:
+        target.parent.mkdir(exist_ok=True)
+        path.replace(target)
+    except OSError as exc:
+        result.errors.append(f"{path.name}: {reason}; could not move it to {QUARANTINE}/ ({exc})")
+        result.pending += 1
+        return
+    result.quarantined.append(path.name)
+    result.errors.append(f"{path.name}: {reason}; moved to {target.parent}")
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the store refused this payload (its fault), not when the store failed."""
+    if isinstance(exc, (KeyError, TypeError, ValueError, AttributeError)):
+        return not isinstance(exc, (ConnectionError, TimeoutError))
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status not in (401, 403, 404, 408, 429)
+
+
 def sync(
     spool: str | Path | None = None,
     *,
@@ -372,11 +531,16 @@ def sync(
     """Send every payload kept in ``spool`` (to ``tracking_uri``, or where each was meant).
 
     Payloads are sent in order (parent runs, trials, summaries); each one sent is removed.
-    The first failure of a tracking store stops its remaining payloads (they stay). Safe
-    to run while a study is logging: a payload another process is sending is skipped.
+    The first failure of a tracking store stops its remaining payloads (they stay). A file
+    that is not a payload, or that the store refuses, is moved to ``bad/`` and named in
+    ``errors``; the others are still sent. Safe to run while a study is logging: a payload
+    another process is sending is skipped.
     """
     folder = spool_folder(spool)
-    paths = _pending(folder)
+    try:
+        paths = _pending(folder)
+    except OSError as exc:
+        return SyncResult(errors=[f"spool {folder}: {exc.strerror or exc}"])
     result = SyncResult()
     # A caller that flushes often (the uploader) keeps its clients, experiment ids and
     # parent run ids between flushes; a dead store is probed again on every flush.
@@ -388,11 +552,11 @@ def sync(
             if handle is None:  # sent by another process meanwhile, or being sent
                 continue
             payload = _read(path)
-            uri = tracking_uri or payload.get("tracking_uri")
-            if not payload or not uri:
-                result.errors.append(f"{path.name}: not a readable lradvisor payload")
-                result.pending += 1
+            problem = _payload_problem(payload)
+            if problem is not None:
+                _quarantine(path, f"not an lradvisor payload ({problem})", result)
                 continue
+            uri = tracking_uri or payload["tracking_uri"]
             if uri in down:
                 result.pending += 1
                 continue
@@ -406,8 +570,11 @@ def sync(
                 deliveries[uri] = delivery
                 delivery.send(payload)
             except Exception as exc:  # any failure keeps the payload for the next try
-                deliveries.pop(uri, None)  # cached run ids may be stale after an outage
                 message = str(exc).splitlines()[0][:200] if str(exc) else ""
+                if _refused(exc):
+                    _quarantine(path, f"refused by {uri}: {type(exc).__name__}: {message}", result)
+                    continue
+                deliveries.pop(uri, None)  # cached run ids may be stale after an outage
                 if isinstance(exc, ConnectionError):  # the probe's own words
                     down[uri] = message
                 else:
@@ -426,13 +593,17 @@ def sync(
 
 
 class _SenderProcess:
-    """``python -m lradvisor.integrations._mlflow_sender``: sends the spool in its own process.
+    """A child Python process that sends the spool (``lradvisor.integrations._mlflow_sender``).
 
     MLflow's client is pure Python (SQLAlchemy for a local store): run in a thread of the
     training process, it takes the GIL from the training loop for ~50 ms per trial. In a
     child process it runs on another core; the thread that asks it to send only waits on a
-    pipe. One JSON line per request and per answer; any trouble with the child and the
-    caller sends in-process instead.
+    pipe. One JSON line per request and per answer; any trouble with the child (no answer
+    within :data:`SENDER_TIMEOUT`, an exit) and the caller sends in-process instead.
+
+    The child starts isolated (``python -I``): neither the working folder nor ``PYTHON*``
+    variables shape its import path, which is the parent's own minus the working folder,
+    so a ``json.py`` or ``mlflow.py`` lying in the working folder never runs.
     """
 
     _shared: _SenderProcess | None = None
@@ -448,7 +619,7 @@ class _SenderProcess:
         with cls._shared_lock:
             if cls._shared is None or not cls._shared.alive():
                 cls._shared = cls()
-                atexit.register(cls._shared.close)
+                atexit.register(cls._shared.close, wait=REQUEST_TIMEOUT + 2.0)
             return cls._shared
 
     def __init__(self) -> None:
@@ -456,7 +627,7 @@ class _SenderProcess:
         self._lock = threading.Lock()
         with contextlib.suppress(OSError):
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lradvisor.integrations._mlflow_sender"],
+                sender_command(),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -467,39 +638,59 @@ class _SenderProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def request(self, **message: Any) -> dict[str, Any] | None:
-        """The child's answer to ``message``, or None when the child is gone."""
+    def request(self, *, timeout: float = SENDER_TIMEOUT, **message: Any) -> dict[str, Any] | None:
+        """The child's answer to ``message``, or None when the child is gone or too slow."""
         with self._lock:
             if not self.alive():
                 return None
+            answer = ""
             try:
                 self.process.stdin.write(json.dumps(message) + "\n")
                 self.process.stdin.flush()
-                answer = self.process.stdout.readline()
+                ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+                if ready:
+                    answer = self.process.stdout.readline()
             except (OSError, ValueError):
                 answer = ""
             if answer:
-                return json.loads(answer)
-        self.close()
+                with contextlib.suppress(ValueError):
+                    return json.loads(answer)
+        self.close(wait=0.0)
         return None
 
-    def close(self) -> None:
+    def close(self, wait: float = 10.0) -> None:
         if self.process is None:
             return
         with contextlib.suppress(OSError, ValueError):
             self.process.stdin.close()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
         self.process = None
+
+
+def sender_command() -> list[str]:
+    """``python -I -c …`` that runs the sender on the parent's import path, minus the
+    working folder (``-I``: no ``PYTHONPATH``, user site, or working folder on the path)."""
+    here = {os.path.realpath(os.getcwd()), os.path.realpath("")}
+    paths = [path for path in sys.path if path and os.path.realpath(path) not in here]
+    code = (
+        "import sys; sys.path[:0] = " + repr(paths) + "; "
+        "from lradvisor.integrations._mlflow_sender import main; main()"
+    )
+    return [sys.executable, "-I", "-c", code]
 
 
 class _Uploader:
     """A daemon thread that flushes the spool after each new payload and on a timer.
 
     The sending itself happens in a child process (:class:`_SenderProcess`), or in this
-    thread when the child could not be started or died.
+    thread when the child could not be started or died. After a failure the uploader does
+    not try again for :data:`RETRY_SECONDS` when the failure was slow (a circuit breaker):
+    a server that hangs costs one request timeout, not one per trial. A fast failure (the
+    server refuses connections) is retried after the next trial.
     """
 
     def __init__(
@@ -514,6 +705,7 @@ class _Uploader:
         self._wake = threading.Event()
         self._stop = False
         self._offline: str | None = None
+        self._retry_at = 0.0
         self.sent = 0
         self._deliveries: dict[str, _Delivery] = {}
         self._child = _SenderProcess.shared()
@@ -537,16 +729,46 @@ class _Uploader:
         """Import MLflow and open the store (a new local store creates its tables: seconds)
         while the first trial trains, not after it."""
         with self._lock:
-            if self._child.request(warm=self.uri) is not None:
-                return
-            self._deliveries.update(warm(self.uri))
+            started = time.monotonic()
+            answer = self._child.request(warm=self.uri)
+            if answer is None:
+                delivery, problem = warm(self.uri)
+                self._deliveries.update(delivery)
+            else:
+                problem = answer.get("error")
+            if problem:  # a slow failure here would repeat in the first flush: wait first
+                self._failed(problem, time.monotonic() - started)
+
+    def _failed(self, reason: str, cost: float) -> None:
+        """Say once that the server is away; open the breaker if the failure was slow."""
+        slow = cost > SLOW_FAILURE_SECONDS
+        self._retry_at = time.monotonic() + (RETRY_SECONDS if slow else 0.0)
+        if self._offline is None:
+            when = f"after {RETRY_SECONDS:.0f} s" if slow else "after each trial"
+            self.warn(
+                f"MLflow unreachable ({reason}); payloads are kept in {self.spool}: "
+                f"retried {when}, or run `lradvisor mlflow sync`"
+            )
+        self._offline = reason
 
     def flush(self) -> SyncResult:
-        """Send what is pending; the result counts everything this uploader has sent."""
+        """Send what is pending; the result counts everything this uploader has sent.
+
+        While the breaker is open nothing is sent (the closing flush included: what is
+        pending stays in the spool, as the warning said).
+        """
         with self._lock:
+            if self._offline is not None and time.monotonic() < self._retry_at:
+                pending = len(_pending(self.spool)) if self.spool.is_dir() else 0
+                return SyncResult(sent=self.sent, pending=pending, errors=[self._offline])
             result = self._flush()
             self.sent += result.sent
-            return SyncResult(sent=self.sent, pending=result.pending, errors=result.errors)
+            return SyncResult(
+                sent=self.sent,
+                pending=result.pending,
+                errors=result.errors,
+                quarantined=result.quarantined,
+            )
 
     def _send(self) -> SyncResult:
         answer = self._child.request(spool=str(self.spool))
@@ -555,15 +777,16 @@ class _Uploader:
         return SyncResult(**answer)
 
     def _flush(self) -> SyncResult:
+        started = time.monotonic()
         result = self._send()
+        if result.quarantined:
+            self.warn(
+                f"{len(result.quarantined)} MLflow payload file(s) could not be sent and were "
+                f"moved to {self.spool / QUARANTINE}: {', '.join(result.quarantined)} "
+                f"({_quarantine_reason(result)})"
+            )
         if result.pending and result.errors:
-            reason = result.errors[0]
-            if self._offline is None:
-                self.warn(
-                    f"MLflow unreachable ({reason}); {result.pending} payload(s) kept in "
-                    f"{self.spool}: retried after each trial, or run `lradvisor mlflow sync`"
-                )
-            self._offline = reason
+            self._failed(result.errors[-1], time.monotonic() - started)
         elif self._offline is not None and not result.pending:
             self.warn(f"MLflow reachable again: sent {result.sent} kept payload(s)")
             self._offline = None
@@ -576,14 +799,24 @@ class _Uploader:
         self._thread.join(timeout)
 
 
-def warm(uri: str) -> dict[str, _Delivery]:
-    """Open the store at ``uri`` once (a new local store creates its tables); {uri: client}."""
-    with contextlib.suppress(Exception):
+def _quarantine_reason(result: SyncResult) -> str:
+    reasons = [e for e in result.errors if e.split(":", 1)[0] in result.quarantined]
+    return reasons[0].split(": ", 1)[-1] if reasons else "malformed"
+
+
+def warm(uri: str) -> tuple[dict[str, _Delivery], str | None]:
+    """Open the store at ``uri`` once (a new local store creates its tables):
+    ({uri: client}, None), or ({}, why not)."""
+    try:
         delivery = _Delivery(uri)
-        if delivery.reachable() is None:
+        problem = delivery.reachable()
+        if problem is None:
             delivery.client.search_experiments(max_results=1)
-            return {uri: delivery}
-    return {}
+            return {uri: delivery}, None
+    except Exception as exc:  # any failure is reported, and retried later
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        problem = f"{uri}: {type(exc).__name__}: {text}"
+    return {}, problem
 
 
 def _stderr(message: str) -> None:
@@ -596,7 +829,10 @@ class MLflowCallback:
     Works with any objective; the drift metrics come from
     :class:`~lradvisor.integrations.optuna.TrialMonitor` (trials without it get params,
     reported losses and tags only). Sending happens on a background thread, so a slow or
-    absent tracking server never slows or stops the study.
+    absent tracking server never slows or stops the study. A tracking URI MLflow has no
+    store for, or a spool folder that cannot take files, is an
+    :class:`~lradvisor.errors.LRAdvisorError` here, before any trial; a spool that stops
+    taking files later stops the logging with one warning, not the study.
 
     Args:
         tracking_uri: an MLflow tracking URI (``http://host:port``, ``sqlite:///…``);
@@ -614,9 +850,12 @@ class MLflowCallback:
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.spool = spool_folder(spool)
+        check_tracking_uri(self.tracking_uri)
+        _check_folder(self.spool, f"MLflow spool {self.spool}")
         self._warn = warn
         self._uploader: _Uploader | None = None
         self._parents: set[str] = set()
+        self._stopped = False
         self._start()  # opens the store in the background while the first trial trains
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for worker processes
@@ -627,20 +866,34 @@ class MLflowCallback:
             self._uploader = _Uploader(self.spool, self.tracking_uri, self._warn)
         return self._uploader
 
+    def _keep(self, payload: dict[str, Any]) -> None:
+        """Add a payload to the spool and wake the uploader; a spool that stopped taking
+        files (permissions, disk full) stops the logging with one warning."""
+        if self._stopped:
+            return
+        try:
+            _write(self.spool, payload)
+        except OSError as exc:
+            self._stopped = True
+            self._warn(
+                f"MLflow logging stopped: cannot write to the spool {self.spool} "
+                f"({exc.strerror or exc}); the study goes on without it"
+            )
+            return
+        self._start().kick()
+
     def open(self, study: optuna.Study) -> None:
         """Queue the study's parent run (also done at the first finished trial)."""
         if study.study_name in self._parents:
             return
         self._parents.add(study.study_name)
-        _write(self.spool, parent_payload(study, tracking_uri=self.tracking_uri))
-        self._start().kick()
+        self._keep(parent_payload(study, tracking_uri=self.tracking_uri))
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             return
         self.open(study)
-        _write(self.spool, trial_payload(study, trial, tracking_uri=self.tracking_uri))
-        self._start().kick()
+        self._keep(trial_payload(study, trial, tracking_uri=self.tracking_uri))
 
     def finish(
         self,
@@ -655,9 +908,8 @@ class MLflowCallback:
         for the next run or ``lradvisor mlflow sync``, with one warning line.
         """
         self.open(study)
-        _write(
-            self.spool,
-            summary_payload(study, tracking_uri=self.tracking_uri, alpha_predicted=alpha_predicted),
+        self._keep(
+            summary_payload(study, tracking_uri=self.tracking_uri, alpha_predicted=alpha_predicted)
         )
         return self.flush(timeout=timeout)
 

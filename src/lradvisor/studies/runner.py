@@ -195,17 +195,18 @@ def run_study(
     if long_run:
         _say(f"warning: {long_run}")  # said even when quiet: the user may want to stop now
     _quiet_library_errors()
+    callback = None
+    if mlflow:  # first: a bad tracking URI or spool is an error before any work
+        from lradvisor.integrations.mlflow import MLflowCallback
+
+        callback = MLflowCallback(tracking_uri, warn=_say)  # outages are said even when quiet
     with storage_errors(storage_spec):
         study = _create_study(storage_spec, name, spec)
     advice_first = spec.sampler.type == "lradvisor"  # the prior needs it; else after the trials
     advice = _advice(study, spec, notes, say) if advice_first else None
     prior = _prior(spec, advice, notes)
     objective = StudyObjective(spec)
-    callback = None
-    if mlflow:
-        from lradvisor.integrations.mlflow import MLflowCallback
-
-        callback = MLflowCallback(tracking_uri, warn=_say)  # outages are said even when quiet
+    if callback is not None:
         callback.open(study)  # the parent run exists before any worker's first trial
     n_existing = len(study.get_trials(deepcopy=False))
     jobs = [
