@@ -72,7 +72,11 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` (worker processes) runs."""
 
 
+_terminated: list[int] = []  # set by the SIGTERM handler (code that re-raises loses the type)
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _terminated.append(signum)
     raise _Terminated()
 
 
@@ -91,7 +95,7 @@ class _Main(click.Group):
             hint = f" (see '{exc.ctx.command_path} -h')" if getattr(exc, "ctx", None) else ""
             _fail(exc.format_message() + hint, exc.exit_code if exc.exit_code else EXIT_USAGE)
         except (KeyboardInterrupt, click.exceptions.Abort) as exc:
-            terminated = isinstance(exc, _Terminated)
+            terminated = isinstance(exc, _Terminated) or bool(_terminated)
             click.echo(f"lradvisor: {'terminated' if terminated else 'interrupted'}", err=True)
             sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         finally:
@@ -274,6 +278,7 @@ def sweep(
         raise ConfigError(
             str(model_file), "--law", f"a law between 1 and {config.model.depth - 1}", law
         )
+    _preflight(config, lrs=lr_list, seeds=seed_list, steps=steps)
     with _progress("training") as progress:
         report = run(
             config,
@@ -438,6 +443,18 @@ def _check_device(device: str) -> None:
     from lradvisor.config import check_device
 
     check_device(device)
+
+
+def _preflight(config, *, lrs: list | None, seeds: list | None, steps: int | None) -> None:
+    """Before a sweep: refuse a grid that cannot fit in memory, warn of one that runs for
+    hours (one line on stderr, with the estimate)."""
+    from lradvisor.config import check_memory, duration_warning
+
+    trials = len(lrs or config.sweep.lrs) * len(seeds or config.sweep.seeds)
+    check_memory(config, trials=trials)
+    warning = duration_warning(config, trials=trials, steps=steps)
+    if warning:
+        click.echo(f"lradvisor: warning: {warning}", err=True)
 
 
 class _progress:

@@ -471,9 +471,9 @@ def _database_errors(storage: StorageSpec):
 
     try:
         yield
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         with storage_errors(storage):
-            raise exc from None
+            raise exc
 
 
 def _run_trials(

@@ -139,11 +139,13 @@ def storage_errors(spec: StorageSpec) -> Iterator[None]:
         yield
     except LRAdvisorError:
         raise
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, OSError, optuna.exceptions.StorageInternalError) as exc:
         raise LRAdvisorError(f"storage {spec.display}: {_reason(exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # Optuna's wrapper says "invalid data"; the cause says why
     original = getattr(exc, "orig", None) or exc
     if isinstance(original, OSError) and original.strerror:
         text = (
