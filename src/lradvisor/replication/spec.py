@@ -95,10 +95,13 @@ def canonical_id(text: str) -> str:
 
 
 def default_studies_dir() -> Path:
-    """The repository's ``studies/`` folder (src layout: two levels above the package)."""
+    """The study files: the copy a wheel carries (``lradvisor/study_files``, see setup.py),
+    else the repository's ``studies/`` (a checkout or editable install: src layout)."""
     import lradvisor
 
-    return Path(lradvisor.__file__).resolve().parents[2] / "studies"
+    package = Path(lradvisor.__file__).resolve().parent
+    packaged = package / "study_files"
+    return packaged if packaged.is_dir() else package.parents[1] / "studies"
 
 
 def study_files(studies_dir: str | Path | None = None) -> list[Path]:
@@ -124,6 +127,9 @@ def find_experiments(
     ids = list(ids)
     if not ids or [str(i).lower() for i in ids] == ["all"]:
         wanted = list(by_id)
+        if not wanted:  # "all" of nothing is a mistake, not a run of zero experiments
+            folder = studies_dir or default_studies_dir()
+            raise LRAdvisorError(f"no study files (E01.yaml … E23.yaml) in {folder}.")
     else:
         wanted = list(dict.fromkeys(canonical_id(i) for i in ids))
     missing = [i for i in wanted if i not in by_id]

@@ -539,15 +539,15 @@ def _run_processes(jobs: list[_Job], bar: _Bar) -> list[str]:
     """Run the workers; stop them all when one reports a library error, on Ctrl-C or on
     SIGTERM (the CLI raises it as an interrupt), then raise that error here."""
     context = multiprocessing.get_context("spawn")
-    errors = context.SimpleQueue()
-    processes = [
-        context.Process(
-            target=_worker_main, args=(job, errors), name=f"lradvisor-study-worker-{index}"
-        )
-        for index, job in enumerate(jobs)
-    ]
     failure = None
-    with _safe_import_path():
+    with _safe_import_path():  # the queue's lock starts multiprocessing's resource tracker
+        errors = context.SimpleQueue()
+        processes = [
+            context.Process(
+                target=_worker_main, args=(job, errors), name=f"lradvisor-study-worker-{index}"
+            )
+            for index, job in enumerate(jobs)
+        ]
         for process in processes:
             process.start()
     try:
@@ -577,10 +577,10 @@ def _run_processes(jobs: list[_Job], bar: _Bar) -> list[str]:
 
 @contextlib.contextmanager
 def _safe_import_path():
-    """Spawned workers start as ``python -c …``, which puts the current folder first on
-    the import path before multiprocessing restores the parent's path: a ``socket.py`` or
-    ``json.py`` in the working folder would run. ``PYTHONSAFEPATH`` (Python ≥ 3.11) keeps
-    the folder off the path in the child."""
+    """Spawned workers (and multiprocessing's resource tracker) start as ``python -c …``,
+    which puts the current folder first on the import path before multiprocessing restores
+    the parent's path: a ``socket.py`` or ``pickle.py`` in the working folder would run.
+    ``PYTHONSAFEPATH`` (Python ≥ 3.11) keeps the folder off the path in the child."""
     saved = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
     try:
