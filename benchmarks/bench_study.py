@@ -1,47 +1,45 @@
-"""Study efficiency: training steps an Optuna study needs, with and without lradvisor.
+"""Study efficiency at an equal training-step budget: lradvisor against what users run instead.
 
-Three tasks (scikit-learn digits, the Gaussian mixture of ``lradvisor.engine.data``,
-scikit-learn breast_cancer), each an MLP d → hidden → K (ReLU, biases) trained by mini-batch
-SGD (batch 64, ``STEPS`` steps) to minimise the validation cross-entropy, searching the
-learning rate (log 1e-3 … 10), the hidden width (log 16 … 256) and the momentum (0, 0.5,
-0.9), the validation loss reported every ``REPORT_EVERY`` steps from step 0 on. Every
-method gets the same trial budget per study and the same TPE sampler seed:
+Every method gets the same **budget of training steps** per study (``BUDGET_TRIALS`` full
+trials' worth); a method that prunes runs more trials until its budget is spent, so the
+compute it saves is compute it can use. Five tasks, each a study over the learning rate and
+one or two other parameters, minimising the validation loss reported every
+``REPORT_EVERY`` steps, trained by a plain PyTorch loop written here:
 
-=====================  ================================================================
-``tpe``                TPESampler, no pruning (the reference)
-``median``             TPE + MedianPruner(n_warmup_steps=REPORT_EVERY)
-``hyperband``          TPE + HyperbandPruner(min_resource=REPORT_EVERY,
-                       max_resource=STEPS, reduction_factor=3)
-``prior+median``       TheoryPriorSampler + MedianPruner, no monitor (ablation: the
-                       prior alone)
-``lradvisor``          TheoryPriorSampler.from_advice(advise(task config)) + TrialMonitor
-                       + ConservationPruner(MedianPruner(n_warmup_steps=REPORT_EVERY))
-``lradvisor-nodrift``  the same with ``drift_factor=None`` (no drift check)
-=====================  ================================================================
+================================  ==========================================================
+``digits_mlp_sgd_mb64``           MLP 64→width→10 on digits, SGD (momentum searched), batch 64
+``digits_cnn_momentum_mb64``      small CNN on digits, SGD momentum 0.9, batch 64, channels searched
+``digits_cnn_adamw_mb64``         the same CNN with AdamW, weight decay searched
+``mixture_mlp_sgd_full``          MLP on an overlapping 5-class Gaussian mixture, full batch
+``breast_cancer_mlp_sgd_mb32``    MLP on breast cancer, SGD, batch 32, width searched
+================================  ==========================================================
 
-The mixture (n = 1000, d = 20, K = 5) uses separation 0.6 rather than the paper's 2: its
-classes overlap, so the validation loss has an optimum inside the learning-rate range as on
-real data (at separation 2 every stable run drives it towards 0). ``advise`` runs once per
-task, on a config with the searched model at width 64 and plain SGD (momentum 0, the
-setting the theory covers); the prior it gives is for the learning rate alone. The median
-rule never prunes on the step-0 (untrained) loss: every trial starts near ln K, and pruning
-there would be a coin toss that costs nothing.
+Methods (all TPE with the study seed):
 
-Cost is counted in training steps: a completed or failed (NaN) trial costs ``STEPS``, a
-pruned one the steps it ran before the report that pruned it (0 when pruned at step 0,
-e.g. beyond the stability bound). For every study the curve is the best completed value
-against cumulative steps. Headline, per task and seed: plain TPE's best value after all its
-trials is the target, and each method's cost is the fraction of plain TPE's total steps
-it spent until its own best first reached the target (inf if never). A task PASSes when
-lradvisor's median fraction over seeds is at most ``TARGET_FRACTION`` and its median curve
-is nowhere worse than MedianPruner's and Hyperband's by more than ``CURVE_TOLERANCE`` at
-the printed budgets. Trials the drift check pruned are retrained to the end with the same
-initialisation and batches, to show what it threw away.
+====================  =====================================================================
+``tpe``               no pruning (the reference)
+``median``            + ``MedianPruner(n_startup_trials=5, n_warmup_steps=REPORT_EVERY)``
+``hyperband``         + ``HyperbandPruner(min_resource=REPORT_EVERY, max_resource=STEPS, 3)``
+``wilcoxon``          + ``WilcoxonPruner(p_threshold=0.1)`` (Optuna's)
+``prior``             ``TheoryPriorSampler.from_advice(advice)`` for the first 10 trials, no pruning
+``lradvisor``         prior + ``TrialMonitor`` + ``ConservationPruner.from_advice(advice, median)``,
+                      defaults (prior follows the bound per width where width is searched)
+``lradvisor-notau``   the same without the compression-time grace period (ablation)
+``lradvisor-nowidth`` the same without the width-dependent prior (ablation, width tasks)
+====================  =====================================================================
 
-    python benchmarks/bench_study.py [--quick] [--seeds 5] [--n-trials 64] [--workers 2]
-        [--json FILE]
+The advice is ``lradvisor.suggest`` once per task on the template model (one probe seed,
+the task's steps), and **its probe's training steps are charged** to every method that uses
+it (prior and lradvisor): they start with that much budget spent. Cost: a trial costs the
+steps it trained (a prune before training costs 0). Per task and study seed: the best
+completed value within 25 %, 50 % and 100 % of the budget, and the budget fraction a method
+needed to reach plain TPE's final best (inf if never), with the median over seeds and a
+bootstrap 90 % interval. Every trial lradvisor pruned is trained again to the end with the
+same initialisation and batches, to count prunes of a trial that would have been the study's
+best. A plot of the median best-so-far against the budget is written per task.
 
-``--quick``: 3 seeds, 32 trials per study; its numbers are not comparable with a full run.
+    python benchmarks/bench_study.py [--seeds 5] [--budget-trials 40] [--tasks a,b] [--workers 2]
+        [--json FILE] [--plot-dir DIR]
 """
 
 from __future__ import annotations
@@ -50,13 +48,13 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing
 import platform
-import statistics
+import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,241 +62,365 @@ import optuna
 import torch
 from torch import nn
 
-from lradvisor.advisor import advise
-from lradvisor.config import ModelConfig, parse_config
-from lradvisor.engine.data import Dataset, load_shared_dataset, mixture_dataset
-from lradvisor.integrations.optuna import ConservationPruner, TheoryPriorSampler, TrialMonitor
-from lradvisor.records import Advice
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TASKS: dict[str, dict[str, Any]] = {
-    "digits": {"source": "sklearn", "name": "digits"},
-    "gaussian_mixture": {
-        "source": "gaussian_mixture",
-        "n": 1000,
-        "dim": 20,
-        "classes": 5,
-        "separation": 0.6,
-    },
-    "breast_cancer": {"source": "sklearn", "name": "breast_cancer"},
-}
-VALIDATION_FRACTION = 0.2
-MIXTURE_SEED = 0
 STEPS = 300
 REPORT_EVERY = 30
-BATCH_SIZE = 64
-LR_RANGE = (1e-3, 10.0)
-HIDDEN_RANGE = (16, 256)
-MOMENTA = (0.0, 0.5, 0.9)
-ADVICE_WIDTH = 64
+BUDGET_TRIALS = 40
 N_PRIOR_TRIALS = 10
-PRIOR_SIGMA = 0.5
-HYPERBAND_REDUCTION = 3
-
-METHODS = ("tpe", "median", "hyperband", "prior+median", "lradvisor", "lradvisor-nodrift")
-PRIOR_METHODS = frozenset({"prior+median", "lradvisor", "lradvisor-nodrift"})
-MONITORED_METHODS = frozenset({"lradvisor", "lradvisor-nodrift"})
-LRADVISOR_METHODS = ("lradvisor", "lradvisor-nodrift")
-CURVE_RIVALS = ("median", "hyperband")
-BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # fractions of plain TPE's total steps
+BUDGETS = (0.25, 0.5, 1.0)
 TARGET_FRACTION = 0.30
-CURVE_TOLERANCE = 0.02
-RUNS = {"full": {"seeds": 5, "n_trials": 64}, "quick": {"seeds": 3, "n_trials": 32}}
-KEY_PRUNE_REASON = "lradvisor.prune_reason"
-KEY_PRIOR = "lradvisor.prior"
+METHODS = (
+    "tpe",
+    "median",
+    "hyperband",
+    "wilcoxon",
+    "prior",
+    "lradvisor",
+    "lradvisor-notau",
+    "lradvisor-nowidth",
+)
+ADVISED = frozenset({"prior", "lradvisor", "lradvisor-notau", "lradvisor-nowidth"})
+MONITORED = frozenset({"lradvisor", "lradvisor-notau", "lradvisor-nowidth"})
+RETRAINED = MONITORED | {"median"}  # pruned trials retrained to the end, to count lost bests
+OWN_CHECKS = frozenset({"beyond_stability_bound", "diverged", "drift_off_prediction"})
+GRACE_FACTOR = 10.0
+MAX_TRIALS_FACTOR = 4  # at most this many × BUDGET_TRIALS trials, whatever the pruning
 
 
-# ------------------------------------------------------------------------------- tasks
+# ----------------------------------------------------------------------------- tasks
 
 
-def task_config(task: str) -> ModelConfig:
-    """The task as a model file: what ``advise`` is asked about (width 64, plain SGD)."""
-    return parse_config(
-        {
-            "name": task,
-            "model": {"hidden": [ADVICE_WIDTH], "activation": "relu", "bias": True},
-            "data": {**TASKS[task], "validation_fraction": VALIDATION_FRACTION},
-            "training": {"loss": "ce", "batch_size": BATCH_SIZE, "steps": STEPS},
-            "sweep": {"seeds": [0, 1]},
-        },
-        file=f"<bench_study:{task}>",
-    )
+@dataclass(frozen=True)
+class Task:
+    name: str
+    data: str
+    model: str  # "mlp" or "cnn"
+    optimizer: str  # "sgd" or "adamw"
+    batch_size: int | None
+    lr_range: tuple[float, float]
+    width_choices: tuple[int, ...] | None  # hidden width or CNN channels, searched
+    reference_width: int
+    momenta: tuple[float, ...] = (0.0,)
+    weight_decays: tuple[float, ...] = (0.0,)
+
+
+TASKS = (
+    Task("digits_mlp_sgd_mb64", "digits", "mlp", "sgd", 64, (1e-3, 10.0), (32, 64, 128, 256), 64, momenta=(0.0, 0.9)),
+    Task("digits_cnn_momentum_mb64", "digits", "cnn", "sgd", 64, (1e-3, 10.0), (4, 8, 16), 8, momenta=(0.9,)),
+    Task("digits_cnn_adamw_mb64", "digits", "cnn", "adamw", 64, (1e-5, 1.0), None, 8, weight_decays=(0.0, 0.01, 0.1)),
+    Task("mixture_mlp_sgd_full", "mixture", "mlp", "sgd", None, (1e-3, 30.0), (16, 32, 64, 128), 64),
+    Task("breast_cancer_mlp_sgd_mb32", "breast_cancer", "mlp", "sgd", 32, (1e-3, 10.0), (16, 64, 256), 64),
+)  # fmt: skip
 
 
 @functools.cache
-def task_data(task: str) -> Dataset:
-    """Standardised sklearn sets / the mixture drawn after ``torch.manual_seed``; 80/20 split."""
-    config = task_config(task)
-    if config.data.source == "gaussian_mixture":
-        torch.manual_seed(MIXTURE_SEED)
-        return mixture_dataset(config.data, dtype=torch.float32)
-    return load_shared_dataset(config, dtype=torch.float32)
+def dataset(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardised features, 80 / 20 train / validation split with a fixed seed."""
+    rng = np.random.default_rng(0)
+    if name == "mixture":
+        k, d, n = 5, 20, 1000
+        centres = rng.standard_normal((k, d))
+        centres *= 0.6 * math.sqrt(d) / np.linalg.norm(centres, axis=1, keepdims=True)
+        y = np.arange(n) % k
+        X = centres[y] + rng.standard_normal((n, d))
+    else:
+        from sklearn import datasets
+
+        loader = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer}
+        X, y = loader[name](return_X_y=True)
+        std = X.std(0)
+        X = (X - X.mean(0)) / np.where(std > 0, std, 1.0)
+    order = rng.permutation(len(X))
+    X, y = X[order].astype(np.float32), y[order].astype(np.int64)
+    split = int(0.8 * len(X))
+    return (
+        torch.from_numpy(X[:split]),
+        torch.from_numpy(y[:split]),
+        torch.from_numpy(X[split:]),
+        torch.from_numpy(y[split:]),
+    )
 
 
-def validation_loss(model: nn.Module, data: Dataset) -> float:
-    with torch.no_grad():
-        return nn.functional.cross_entropy(model(data.X_val), data.y_val).item()
+class SmallCNN(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, padding=1)
+        self.fc1 = nn.Linear(channels * 64, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x.view(-1, 1, 8, 8))).flatten(1)
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def build(task: Task, width: int, classes: int, features: int) -> nn.Module:
+    if task.model == "cnn":
+        return SmallCNN(width)
+    return nn.Sequential(nn.Linear(features, width), nn.ReLU(), nn.Linear(width, classes))
+
+
+def make_optimizer(task: Task, model: nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
+    if task.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"]
+        )
+    return torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
+
+
+def suggest_params(trial: optuna.Trial, task: Task) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if task.width_choices is not None:  # sampled first: the width prior needs it
+        params["width"] = trial.suggest_categorical("width", list(task.width_choices))
+    params["lr"] = trial.suggest_float("lr", *task.lr_range, log=True)
+    params["momentum"] = trial.suggest_categorical("momentum", list(task.momenta))
+    params["weight_decay"] = trial.suggest_categorical("weight_decay", list(task.weight_decays))
+    return params
 
 
 def train(
-    data: Dataset,
+    task: Task,
     params: dict[str, Any],
+    seed: int,
     *,
-    init_seed: int,
     trial: optuna.Trial | None = None,
     monitored: bool = False,
-) -> float:
-    """Train one MLP; with ``trial``, report every REPORT_EVERY steps (may raise TrialPruned)."""
-    torch.manual_seed(init_seed)
-    model = nn.Sequential(
-        nn.Linear(data.dim, params["hidden"]), nn.ReLU(), nn.Linear(params["hidden"], data.classes)
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
-    monitor = TrialMonitor(trial, model, optimizer, data=(data.X, data.y)) if monitored else None
-    batches = torch.Generator().manual_seed(init_seed)
-    for step in range(STEPS):
-        if trial is not None and step % REPORT_EVERY == 0:
-            _report(trial, monitor, step, validation_loss(model, data))
-        rows = torch.randint(data.n, (BATCH_SIZE,), generator=batches)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(data.X[rows]), data.y[rows]).backward()
+) -> tuple[float, int]:
+    """(final validation loss, steps trained); with ``trial``, reports and may raise TrialPruned."""
+    X, y, X_val, y_val = dataset(task.data)
+    torch.manual_seed(seed)
+    width = params.get("width", task.reference_width)
+    model = build(task, width, int(y.max()) + 1, X.shape[1])
+    optimizer = make_optimizer(task, model, params)
+    monitor = None
+    if monitored:
+        from lradvisor.optuna import TrialMonitor
+
+        monitor = TrialMonitor(
+            trial, model, optimizer, data=(X, y), width=width if task.width_choices else None
+        )
+        if monitor.should_prune():
+            raise optuna.TrialPruned()
+    batches = torch.Generator().manual_seed(seed)
+    steps = 0
+    try:
+        for step in range(STEPS):
+            if trial is not None and step % REPORT_EVERY == 0 and step:
+                value = validation_loss(model, X_val, y_val)
+                trial.set_user_attr("bench.steps", step)
+                if monitor is not None:
+                    monitor.report(value, step)
+                else:
+                    trial.report(value, step)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+            rows = (
+                slice(None)
+                if task.batch_size is None
+                else torch.randint(len(X), (task.batch_size,), generator=batches)
+            )
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
+            if monitor is not None:
+                monitor.observe()
+            optimizer.step()
+            steps += 1
+    finally:
         if monitor is not None:
-            monitor.observe()
-        optimizer.step()
-    return validation_loss(model, data)
+            monitor.finish()
+    value = validation_loss(model, X_val, y_val)
+    return (value if math.isfinite(value) else math.inf), steps
 
 
-def _report(trial: optuna.Trial, monitor: TrialMonitor | None, step: int, value: float) -> None:
-    if monitor is not None:
-        monitor.report(step, value)
-        return
-    trial.report(value, step)
-    if trial.should_prune():
-        raise optuna.TrialPruned()
+def validation_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model(X), y))
 
 
-def _init_seed(study_seed: int, trial_number: int) -> int:
-    return 10_000 * study_seed + trial_number
+def trial_seed(study_seed: int, number: int) -> int:
+    return 10_000 * study_seed + number
 
 
-# ------------------------------------------------------------------------------ studies
+# --------------------------------------------------------------------------- studies
 
 
-def _sampler(method: str, seed: int, advice: Advice) -> optuna.samplers.BaseSampler:
+def _sampler(
+    method: str, seed: int, task: Task, advice: dict | None
+) -> optuna.samplers.BaseSampler:
     tpe = optuna.samplers.TPESampler(seed=seed)
-    if method not in PRIOR_METHODS:
+    if method not in ADVISED or advice is None:
         return tpe
-    return TheoryPriorSampler.from_advice(
-        advice, base=tpe, n_prior_trials=N_PRIOR_TRIALS, sigma=PRIOR_SIGMA, seed=seed
+    from lradvisor.optuna import TheoryPriorSampler
+
+    width = {}
+    if task.width_choices is not None and method != "lradvisor-nowidth" and method != "prior":
+        width = {"width_param": "width", "reference_width": task.reference_width}
+    low, high = advice["lr_range"]
+    return TheoryPriorSampler(
+        tpe,
+        center=advice["recommended_lr"],
+        low=low,
+        high=high,
+        n_prior_trials=N_PRIOR_TRIALS,
+        seed=seed,
+        **width,
     )
 
 
-def _pruner(method: str) -> optuna.pruners.BasePruner:
-    if method == "tpe":
+def _pruner(
+    method: str, advice: dict | None, grace_factor: float = GRACE_FACTOR
+) -> optuna.pruners.BasePruner:
+    median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=REPORT_EVERY)
+    if method in ("tpe", "prior"):
         return optuna.pruners.NopPruner()
+    if method == "median":
+        return median
     if method == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=REPORT_EVERY, max_resource=STEPS, reduction_factor=HYPERBAND_REDUCTION
+            min_resource=REPORT_EVERY, max_resource=STEPS, reduction_factor=3
         )
-    median = optuna.pruners.MedianPruner(n_warmup_steps=REPORT_EVERY)
-    if method == "lradvisor":
+    if method == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    from lradvisor.optuna import ConservationPruner
+
+    tau = (advice or {}).get("tau") or {}
+    if method == "lradvisor-notau" or tau.get("a") is None:
         return ConservationPruner(median)
-    if method == "lradvisor-nodrift":
-        return ConservationPruner(median, drift_factor=None)
-    return median
+    return ConservationPruner(median, tau=(tau["a"], tau["b"]), grace_factor=grace_factor)
 
 
-def _steps_spent(trial: optuna.trial.FrozenTrial) -> int:
-    if trial.state == optuna.trial.TrialState.PRUNED:
-        return int(trial.last_step or 0)
-    return STEPS
-
-
-def _trial_record(trial: optuna.trial.FrozenTrial, method: str) -> dict[str, Any]:
-    pruned = trial.state == optuna.trial.TrialState.PRUNED
-    reason = trial.user_attrs.get(KEY_PRUNE_REASON)
-    if pruned and reason is None:
-        reason = method
+def run_study(
+    task: Task,
+    seed: int,
+    method: str,
+    advice: dict | None,
+    budget_trials: int,
+    grace_factor: float = GRACE_FACTOR,
+) -> dict:
+    """One study on one budget; its trials and best-so-far curve (in a worker process)."""
+    _quiet_worker()
+    monitored = method in MONITORED
+    spent_start = advice["probe_steps"] if method in ADVISED and advice else 0
+    budget = budget_trials * STEPS
+    study = optuna.create_study(
+        sampler=_sampler(method, seed, task, advice), pruner=_pruner(method, advice)
+    )
+    spent = spent_start
+    records = []
+    started = time.process_time()
+    while spent < budget and len(study.trials) < MAX_TRIALS_FACTOR * budget_trials:
+        trial = study.ask()
+        params = suggest_params(trial, task)
+        try:
+            value, steps = train(
+                task, params, trial_seed(seed, trial.number), trial=trial, monitored=monitored
+            )
+        except optuna.TrialPruned:
+            frozen = study._storage.get_trial(trial._trial_id)
+            steps = int(frozen.user_attrs.get("bench.steps", 0))
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            frozen = study.trials[-1]
+            records.append(
+                {
+                    "number": trial.number,
+                    "state": "PRUNED",
+                    "value": None,
+                    "steps": steps,
+                    "params": params,
+                    "reason": frozen.user_attrs.get("lradvisor.prune_reason", method),
+                    "prior": bool(frozen.user_attrs.get("lradvisor.prior", False)),
+                }
+            )
+            spent += steps
+            continue
+        study.tell(trial, value if math.isfinite(value) else float("nan"))
+        spent += steps
+        records.append(
+            {
+                "number": trial.number,
+                "state": "COMPLETE",
+                "value": value,
+                "steps": steps,
+                "params": params,
+                "reason": None,
+                "prior": bool(study.trials[-1].user_attrs.get("lradvisor.prior", False)),
+            }
+        )
+    cpu = time.process_time() - started
+    best = min((r["value"] for r in records if r["state"] == "COMPLETE"), default=math.inf)
+    if method in RETRAINED:  # retrain every pruned trial to the end: would it have been the best?
+        for record in records:
+            if record["state"] == "PRUNED":
+                record["value_if_trained"], _ = train(
+                    task, record["params"], trial_seed(seed, record["number"])
+                )
+                record["would_be_best"] = bool(record["value_if_trained"] < best)
     return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "value": trial.value,
-        "steps": _steps_spent(trial),
-        "params": trial.params,
-        "prune_reason": reason if pruned else None,
-        "pruned_value": trial.intermediate_values.get(trial.last_step) if pruned else None,
-        "prior": bool(trial.user_attrs.get(KEY_PRIOR, False)),
+        "task": task.name,
+        "seed": seed,
+        "method": method,
+        "trials": records,
+        "curve": curve(records, spent_start),
+        "budget": budget,
+        "cpu_s": cpu,
     }
 
 
-def curve(trials: list[dict[str, Any]]) -> list[list[float]]:
-    """[cumulative steps, best completed value so far] after every trial, in trial order."""
-    points, spent, best = [], 0, math.inf
-    for trial in trials:
-        spent += trial["steps"]
-        if trial["state"] == "COMPLETE" and trial["value"] is not None:
-            best = min(best, trial["value"])
+def curve(records: list[dict], start: int) -> list[list[float]]:
+    """[cumulative steps, best completed value so far] after every trial (from ``start``)."""
+    points, spent, best = [[start, math.inf]], start, math.inf
+    for record in records:
+        spent += record["steps"]
+        if record["state"] == "COMPLETE" and record["value"] is not None:
+            best = min(best, record["value"])
         points.append([spent, best])
     return points
 
 
-def run_study(task: str, seed: int, method: str, advice: Advice, n_trials: int) -> dict:
-    """One study; returns its trials, curve and wall time (run in a worker process)."""
+def run_advice(task: Task) -> tuple[str, dict, float]:
+    """``lradvisor.suggest`` on the template model (one probe seed, the task's steps)."""
     _quiet_worker()
-    data = task_data(task)
-    monitored = method in MONITORED_METHODS
+    import lradvisor
 
-    def objective(trial: optuna.Trial) -> float:
-        params = {
-            "lr": trial.suggest_float("lr", *LR_RANGE, log=True),
-            "hidden": trial.suggest_int("hidden", *HIDDEN_RANGE, log=True),
-            "momentum": trial.suggest_categorical("momentum", MOMENTA),
-        }
-        init_seed = _init_seed(seed, trial.number)
-        return train(data, params, init_seed=init_seed, trial=trial, monitored=monitored)
-
-    study = optuna.create_study(
-        study_name=f"{task}-{seed}-{method}",
-        sampler=_sampler(method, seed, advice),
-        pruner=_pruner(method),
+    X, y, X_val, y_val = dataset(task.data)
+    torch.manual_seed(0)
+    model = build(task, task.reference_width, int(y.max()) + 1, X.shape[1])
+    optimizer: Any
+    if task.optimizer == "adamw":
+        optimizer = functools.partial(torch.optim.AdamW, weight_decay=0.01)
+    else:
+        optimizer = functools.partial(
+            torch.optim.SGD, momentum=max(task.momenta) if len(task.momenta) == 1 else 0.0
+        )
+    started = time.perf_counter()
+    advice = lradvisor.suggest(
+        model, (X, y), nn.CrossEntropyLoss(), optimizer, val_data=(X_val, y_val),
+        batch_size=task.batch_size, steps=STEPS, seeds=(0,), name=task.name,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    return (
+        task.name,
+        {
+            "recommended_lr": advice.recommended_lr,
+            "lr_range": list(advice.lr_range),
+            "tau": advice.tau and {k: advice.tau.get(k) for k in ("a", "b", "r2")},
+            "probe_steps": int(advice.probe["trial_steps"]),
+            "bound": advice.bound["value"],
+        },
+        seconds,
     )
-    start = time.perf_counter()
-    study.optimize(objective, n_trials=n_trials)
-    wall = time.perf_counter() - start
-    trials = [_trial_record(trial, method) for trial in study.trials]
-    for trial in trials:
-        if trial["prune_reason"] == "drift_off_prediction":
-            # What the drift check threw away: the same run, trained to the end.
-            trial["value_if_trained"] = train(
-                data, trial["params"], init_seed=_init_seed(seed, trial["number"])
-            )
-    return {
-        "task": task,
-        "seed": seed,
-        "method": method,
-        "trials": trials,
-        "curve": curve(trials),
-        "wall_s": wall,
-    }
-
-
-def run_advice(task: str) -> tuple[str, Advice, float]:
-    _quiet_worker()
-    start = time.perf_counter()
-    advice = advise(task_config(task))
-    return task, advice, time.perf_counter() - start
 
 
 def _quiet_worker() -> None:
     torch.set_num_threads(1)  # tiny models: a second thread only adds OpenMP barriers
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*breaks the η²·S identity.*")
+    warnings.filterwarnings("ignore")
 
 
-# ---------------------------------------------------------------------------- analysis
+# -------------------------------------------------------------------------- analysis
 
 
 def steps_to_reach(points: list[list[float]], target: float) -> float:
-    """Cumulative steps at which the best value first reaches ``target`` (inf if never)."""
     for spent, best in points:
         if best <= target:
             return float(spent)
@@ -306,298 +428,274 @@ def steps_to_reach(points: list[list[float]], target: float) -> float:
 
 
 def best_within(points: list[list[float]], budget: float) -> float:
-    """Best completed value of the trials finished within ``budget`` cumulative steps."""
     values = [best for spent, best in points if spent <= budget]
     return values[-1] if values else math.inf
 
 
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
+def bootstrap_median(
+    values: list[float], *, seed: int = 0, draws: int = 2000
+) -> tuple[float, float]:
+    """90 % bootstrap interval of the median (inf-aware: inf sorts last)."""
+    if not values:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    array = np.array(values, dtype=float)
+    medians = np.median(rng.choice(array, size=(draws, len(array)), replace=True), axis=1)
+    return float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
 
 
-def analyse(task: str, studies: dict[tuple[int, str], dict], seeds: list[int]) -> dict:
-    """Headline fractions, budget curves and verdicts of one task."""
-    fractions: dict[str, list[float]] = {method: [] for method in METHODS}
-    targets, budget_bests = [], {method: {b: [] for b in BUDGETS} for method in METHODS}
+def analyse(
+    task: Task, studies: dict[tuple[int, str], dict], seeds: list[int], methods: list[str]
+) -> dict:
+    fractions: dict[str, list[float]] = {m: [] for m in methods}
+    bests: dict[str, dict[float, list[float]]] = {m: {b: [] for b in BUDGETS} for m in methods}
     for seed in seeds:
-        reference = studies[(seed, "tpe")]["curve"]
-        total, target = reference[-1][0], reference[-1][1]
-        targets.append(target)
-        for method in METHODS:
-            points = studies[(seed, method)]["curve"]
-            fractions[method].append(steps_to_reach(points, target) / total)
-            for budget in BUDGETS:
-                budget_bests[method][budget].append(best_within(points, budget * total))
-    medians = {m: _median(fractions[m]) for m in METHODS}
-    median_curves = {m: {b: _median(budget_bests[m][b]) for b in BUDGETS} for m in METHODS}
-    verdicts = {m: _verdict(m, medians, median_curves) for m in LRADVISOR_METHODS}
+        reference = studies[(seed, "tpe")]
+        target = best_within(reference["curve"], reference["budget"])
+        for method in methods:
+            study = studies[(seed, method)]
+            fractions[method].append(steps_to_reach(study["curve"], target) / study["budget"])
+            for share in BUDGETS:
+                bests[method][share].append(best_within(study["curve"], share * study["budget"]))
+    rows = {}
+    for method in methods:
+        final = bests[method][1.0]
+        rows[method] = {
+            "median_fraction": float(np.median(fractions[method])),
+            "fraction_ci": bootstrap_median(fractions[method]),
+            "fractions": fractions[method],
+            **{f"median_best_{int(100 * b)}": float(np.median(bests[method][b])) for b in BUDGETS},
+            "best_100_ci": bootstrap_median(final),
+            "bests": {str(b): bests[method][b] for b in BUDGETS},
+        }
+
+    def lost(method: str) -> tuple[int, int, int]:
+        """(prunes, prunes of a would-be best by lradvisor's own checks, … by the base pruner)."""
+        pruned = [
+            r for s in seeds for r in studies[(s, method)]["trials"] if r["state"] == "PRUNED"
+        ]
+        own = [r for r in pruned if r.get("would_be_best") and r["reason"] in OWN_CHECKS]
+        base = [r for r in pruned if r.get("would_be_best") and r["reason"] not in OWN_CHECKS]
+        return len(pruned), len(own), len(base)
+
+    losses = {m: lost(m) for m in methods if m in RETRAINED}
+    ours, median = rows.get("lradvisor"), rows.get("median")
+    verdicts = {}
+    if ours and median:
+        verdicts["no_worse_than_median"] = (
+            ours["median_best_100"] <= median["median_best_100"]
+            or ours["best_100_ci"][0] <= median["best_100_ci"][1]
+        )
+        verdicts["reaches_tpe_best_within_30pct"] = ours["median_fraction"] <= TARGET_FRACTION
+        others = [rows[m]["median_best_25"] for m in methods if m not in MONITORED]
+        verdicts["ahead_at_25pct"] = all(ours["median_best_25"] <= other for other in others)
     return {
-        "task": task,
-        "targets": targets,
-        "fractions": fractions,
-        "median_fraction": medians,
-        "median_best_at_budget": {
-            m: {str(b): v for b, v in c.items()} for m, c in median_curves.items()
+        "task": task.name,
+        "rows": rows,
+        "lost_bests": {
+            m: {"pruned": v[0], "own_checks": v[1], "base_pruner": v[2]} for m, v in losses.items()
         },
         "verdicts": verdicts,
-        "diagnostics": _diagnostics(studies, seeds, targets),
     }
 
 
-def _verdict(method: str, medians: dict[str, float], curves: dict[str, dict]) -> dict:
-    fast = medians[method] <= TARGET_FRACTION
-    worse = [
-        f"{rival}@{budget:g}"
-        for rival in CURVE_RIVALS
-        for budget in BUDGETS
-        if curves[method][budget] > curves[rival][budget] * (1 + CURVE_TOLERANCE)
-    ]
-    return {"fast_enough": fast, "curve_worse_than": worse, "pass": fast and not worse}
+def plot(
+    task: Task,
+    studies: dict[tuple[int, str], dict],
+    seeds: list[int],
+    methods: list[str],
+    folder: Path,
+) -> Path:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def _diagnostics(
-    studies: dict[tuple[int, str], dict], seeds: list[int], targets: list[float]
-) -> dict:
-    """Why a method wins or loses: early placement, pruning, drift prunes, wall time."""
-    out: dict[str, Any] = {}
-    for method in METHODS:
-        runs = [studies[(seed, method)] for seed in seeds]
-        first = [_best_completed(run["trials"][:N_PRIOR_TRIALS]) for run in runs]
-        reasons: dict[str, int] = {}
-        for run in runs:
-            for trial in run["trials"]:
-                if trial["prune_reason"] is not None:
-                    key = trial["prune_reason"]
-                    reasons[key] = reasons.get(key, 0) + 1
-        drift = [t for run in runs for t in run["trials"] if "value_if_trained" in t]
-        drift_winners = sum(
-            t["value_if_trained"] < _best_completed(run["trials"])
-            for run in runs
-            for t in run["trials"]
-            if "value_if_trained" in t
-        )
-        drift_on_target = sum(
-            t["value_if_trained"] <= target
-            for run, target in zip(runs, targets, strict=True)
-            for t in run["trials"]
-            if "value_if_trained" in t
-        )
-        out[method] = {
-            "median_best_of_first_trials": _median(first),
-            "median_steps_per_trial": _median(
-                [run["curve"][-1][0] / len(run["trials"]) for run in runs]
-            ),
-            "prune_reasons_per_study": {k: v / len(runs) for k, v in sorted(reasons.items())},
-            "failed_per_study": sum(t["state"] == "FAIL" for r in runs for t in r["trials"])
-            / len(runs),
-            "median_wall_s": _median([run["wall_s"] for run in runs]),
-            "best_trial_from_prior": sum(_best_is_prior(run["trials"]) for run in runs),
-            "drift_pruned": len(drift),
-            "drift_pruned_median_value_if_trained": _median([t["value_if_trained"] for t in drift]),
-            "drift_pruned_better_than_study_best": drift_winners,
-            "drift_pruned_reaching_target": drift_on_target,
-        }
-    return out
-
-
-def _best_completed(trials: list[dict[str, Any]]) -> float:
-    values = [t["value"] for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    return min(values) if values else math.inf
-
-
-def _best_is_prior(trials: list[dict[str, Any]]) -> bool:
-    complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    return bool(complete) and min(complete, key=lambda t: t["value"])["prior"]
-
-
-# ------------------------------------------------------------------------------- report
-
-
-def _fmt(value: float, digits: int = 2) -> str:
-    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
-
-
-def print_task(result: dict, advice: Advice, advice_s: float) -> None:
-    task = result["task"]
-    low, high = advice.lr_range
-    print(f"\n=== {task} ===")
-    print(
-        f"advice ({advice_s:.1f} s): recommended lr {advice.recommended_lr:.3g}, range "
-        f"[{low:.3g}, {high:.3g}], full-batch 2/λ_max {advice.eos_lr:.3g}"
-    )
-    targets = ", ".join(f"{t:.4f}" for t in result["targets"])
-    print(f"plain TPE's best value per seed (the target): {targets}")
-    print("\nmedian best validation loss within a step budget (fraction of plain TPE's steps):")
-    header = "".join(f"{b:>9.0%}" for b in BUDGETS)
-    print(f"  {'method':<18}{header}")
-    for method in METHODS:
-        row = result["median_best_at_budget"][method]
-        print(f"  {method:<18}" + "".join(f"{_fmt(row[str(b)], 4):>9}" for b in BUDGETS))
-    print("\nfraction of plain TPE's steps needed to reach its best (per seed; median):")
-    for method in METHODS:
-        per_seed = " ".join(f"{_fmt(f):>5}" for f in result["fractions"][method])
-        print(f"  {method:<18}{per_seed}   median {_fmt(result['median_fraction'][method])}")
-    print(
-        "\ndiagnostics per study (medians over seeds; best@10: best of the first "
-        f"{N_PRIOR_TRIALS} trials; best<-prior: studies whose best trial drew lr from the prior):"
-    )
-    print(
-        f"  {'method':<18}{'best@10':>8}{'steps/tr':>9}{'fail':>6}{'wall s':>8}"
-        f"{'best<-prior':>12}  prune reasons"
-    )
-    for method in METHODS:
-        d = result["diagnostics"][method]
-        reasons = ", ".join(f"{k} {v:.1f}" for k, v in d["prune_reasons_per_study"].items())
-        print(
-            f"  {method:<18}{_fmt(d['median_best_of_first_trials'], 3):>8}"
-            f"{d['median_steps_per_trial']:>9.0f}{d['failed_per_study']:>6.1f}"
-            f"{d['median_wall_s']:>8.1f}{d['best_trial_from_prior']:>12}  {reasons or '-'}"
-        )
-    drift = result["diagnostics"]["lradvisor"]
-    if drift["drift_pruned"]:
-        print(
-            f"  drift check (lradvisor): {drift['drift_pruned']} trials pruned; trained to the "
-            "end their median loss would be "
-            f"{_fmt(drift['drift_pruned_median_value_if_trained'], 4)}"
-            f"; {drift['drift_pruned_better_than_study_best']} would have beaten their study's "
-            f"best, {drift['drift_pruned_reaching_target']} would have reached plain TPE's best"
-        )
-    for method, verdict in result["verdicts"].items():
-        status = "PASS" if verdict["pass"] else "FAIL"
-        reasons = []
-        if not verdict["fast_enough"]:
-            reasons.append(
-                f"median fraction {_fmt(result['median_fraction'][method])} > {TARGET_FRACTION}"
-            )
-        if verdict["curve_worse_than"]:
-            reasons.append("curve worse than " + ", ".join(verdict["curve_worse_than"]))
-        print(f"  {status} {method}" + (f": {'; '.join(reasons)}" if reasons else ""))
-
-
-def print_summary(results: list[dict]) -> None:
-    print("\n=== summary: median fraction of plain TPE's steps to reach its best ===")
-    print(f"  {'task':<18}" + "".join(f"{m:>19}" for m in METHODS))
-    for result in results:
-        row = "".join(f"{_fmt(result['median_fraction'][m]):>19}" for m in METHODS)
-        print(f"  {result['task']:<18}{row}")
-    pooled = {m: _median([f for r in results for f in r["fractions"][m]]) for m in METHODS}
-    print(f"  {'all (task, seed)':<18}" + "".join(f"{_fmt(pooled[m]):>19}" for m in METHODS))
-    for method in LRADVISOR_METHODS:
-        verdicts = " ".join(
-            f"{r['task']}={'PASS' if r['verdicts'][method]['pass'] else 'FAIL'}" for r in results
-        )
-        print(f"  {method}: {verdicts}")
-
-
-# --------------------------------------------------------------------------------- main
-
-
-@dataclass(frozen=True)
-class Run:
-    seeds: list[int]
-    n_trials: int
-    workers: int
-    quick: bool
-
-
-def run(settings: Run) -> tuple[list[dict], dict[str, tuple[Advice, float]], list[dict]]:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=settings.workers, mp_context=context) as pool:
-        advices = {
-            task: (advice, seconds) for task, advice, seconds in pool.map(run_advice, list(TASKS))
-        }
-        jobs = [
-            (task, seed, method)
-            for method in sorted(METHODS, key=lambda m: m not in MONITORED_METHODS)
-            for task in TASKS
-            for seed in settings.seeds
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.linspace(0, 1, 101)
+    for method in methods:
+        curves = [
+            [
+                best_within(studies[(s, method)]["curve"], g * studies[(s, method)]["budget"])
+                for g in grid
+            ]
+            for s in seeds
         ]
-        futures = {
-            job: pool.submit(run_study, *job, advices[job[0]][0], settings.n_trials) for job in jobs
-        }
-        studies = [future.result() for future in futures.values()]
-    results = []
-    for task in TASKS:
-        by_key = {(s["seed"], s["method"]): s for s in studies if s["task"] == task}
-        results.append(analyse(task, by_key, settings.seeds))
-    return results, advices, studies
+        median = np.median(np.array(curves), axis=0)
+        style = "-" if method in ("lradvisor", "tpe") else "--"
+        ax.plot(
+            grid,
+            np.where(np.isfinite(median), median, np.nan),
+            style,
+            label=method,
+            lw=2 if method == "lradvisor" else 1.2,
+        )
+    ax.set_xlabel("share of the training-step budget")
+    ax.set_ylabel("median best validation loss so far")
+    ax.set_yscale("log")
+    ax.set_title(f"{task.name}: best-so-far vs budget ({len(seeds)} seeds)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    figure.tight_layout()
+    path = folder / f"bench_study_{task.name}.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "inf" if isinstance(value, float) and math.isinf(value) else format(value, spec)
+
+
+def print_task(result: dict, advice: dict, seconds: float, methods: list[str]) -> None:
+    print(f"\n{result['task']}: advice {advice['recommended_lr']:.3g} in [{advice['lr_range'][0]:.3g}, {advice['lr_range'][1]:.3g}], "
+          f"τ {advice['tau']}, probe {advice['probe_steps']} steps charged (= {advice['probe_steps'] / STEPS:.1f} trials), {seconds:.1f} s")  # fmt: skip
+    print(
+        f"  {'method':<18} {'best@25%':>9} {'best@50%':>9} {'best@100%':>10} {'100% CI':>17} {'to TPE best':>12} {'CI':>15}"
+    )
+    for method in methods:
+        row = result["rows"][method]
+        ci = row["best_100_ci"]
+        fci = row["fraction_ci"]
+        print(
+            f"  {method:<18} {_fmt(row['median_best_25']):>9} {_fmt(row['median_best_50']):>9} {_fmt(row['median_best_100']):>10} "
+            f"{'[' + _fmt(ci[0]) + ', ' + _fmt(ci[1]) + ']':>17} {_fmt(row['median_fraction'], '.2f'):>12} "
+            f"{'[' + _fmt(fci[0], '.2f') + ', ' + _fmt(fci[1], '.2f') + ']':>15}"
+        )
+    for method, lost in result["lost_bests"].items():
+        print(
+            f"  {method}: {lost['pruned']} trials pruned; would-be bests among them: "
+            f"{lost['own_checks']} by lradvisor's own checks, {lost['base_pruner']} by the median rule"
+        )
+    for name, ok in result["verdicts"].items():
+        print(f"  {'PASS' if ok else 'FAIL'} {name}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 seeds, 32 trials per study")
-    parser.add_argument("--seeds", type=int, default=None, help="study seeds 0 … N-1")
-    parser.add_argument("--n-trials", type=int, default=None, help="trials per study")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget-trials", type=int, default=BUDGET_TRIALS)
+    parser.add_argument("--tasks", help="comma-separated task names")
+    parser.add_argument("--methods", help="comma-separated methods (default: all)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", default=None, help="write every trial and curve here")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--plot-dir", default="docs")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first study seed")
+    parser.add_argument("--grace-factor", type=float, default=GRACE_FACTOR)
+    parser.add_argument(
+        "--reanalyse", metavar="FILE", help="analyse the raw JSON of an earlier run"
+    )
     args = parser.parse_args()
-    mode = RUNS["quick" if args.quick else "full"]
-    settings = Run(
-        seeds=list(range(args.seeds or mode["seeds"])),
-        n_trials=args.n_trials or mode["n_trials"],
-        workers=args.workers,
-        quick=args.quick,
-    )
+    budget_trials = args.budget_trials
+    tasks = [t for t in TASKS if not args.tasks or t.name in args.tasks.split(",")]
+    methods = list(METHODS if not args.methods else args.methods.split(","))
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    started = time.perf_counter()
     print(
-        f"bench_study: {len(TASKS)} tasks × {len(settings.seeds)} seeds × {len(METHODS)} methods,"
-        f" {settings.n_trials} trials per study, {STEPS} steps per trial, report every "
-        f"{REPORT_EVERY}; {settings.workers} worker(s), 1 thread each"
-        + (" (--quick: not comparable with a full run)" if settings.quick else "")
+        f"Study benchmark: {len(tasks)} tasks × {len(seeds)} seeds × {len(methods)} methods; budget {budget_trials} × {STEPS} steps per study; torch {torch.__version__}"
     )
-    start = time.perf_counter()
-    results, advices, studies = run(settings)
-    elapsed = time.perf_counter() - start
-    for result in results:
-        print_task(result, *advices[result["task"]])
-    print_summary(results)
-    print(f"\nwall time {elapsed:.0f} s")
+    if args.reanalyse:
+        raw = json.loads(Path(args.reanalyse).read_text())
+        advices = {name: tuple(value) for name, value in raw["advices"].items()}
+        studies = {tuple(_key(k)): v for k, v in raw["studies"].items()}
+        seeds = sorted({key[1] for key in studies})
+        tasks = [t for t in tasks if t.name in advices]
+    else:
+        advices, studies = _run(tasks, seeds, methods, budget_trials, args)
+        if args.json:  # the raw studies first: an analysis can be redone from them
+            raw = {
+                "advices": advices,
+                "studies": {"|".join(map(str, k)): v for k, v in studies.items()},
+            }
+            _write(args.json, raw)
+    _report(tasks, seeds, methods, advices, studies, budget_trials, args, started)
+
+
+def _run(
+    tasks: list[Task], seeds: list[int], methods: list[str], budget_trials: int, args
+) -> tuple[dict, dict]:
+    """The advice per task, then every (task, seed, method) study, in worker processes."""
+    advices: dict[str, tuple[dict, float]] = {}
+    with ProcessPoolExecutor(args.workers) as pool:
+        for name, advice, seconds in pool.map(run_advice, tasks):
+            advices[name] = (advice, seconds)
+        jobs: dict[tuple[str, int, str], Any] = {}
+        for task in tasks:
+            for seed in seeds:
+                for method in methods:
+                    if method == "lradvisor-nowidth" and task.width_choices is None:
+                        continue
+                    jobs[(task.name, seed, method)] = pool.submit(
+                        run_study,
+                        task,
+                        seed,
+                        method,
+                        advices[task.name][0],
+                        budget_trials,
+                        args.grace_factor,
+                    )
+        studies = {key: future.result() for key, future in jobs.items()}
+    return advices, studies
+
+
+def _key(text: str) -> list:
+    task, seed, method = text.split("|")
+    return [task, int(seed), method]
+
+
+def _write(path: str, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, default=str) + "\n")
+
+
+def _report(tasks, seeds, methods, advices, studies, budget_trials, args, started) -> None:
+    """Per-task tables, plots and verdicts; the summary; the full JSON."""
+    results = []
+    folder = Path(args.plot_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        task_methods = [m for m in methods if (task.name, seeds[0], m) in studies]
+        by_seed = {(s, m): studies[(task.name, s, m)] for s in seeds for m in task_methods}
+        result = analyse(task, by_seed, seeds, task_methods)
+        result["plot"] = str(plot(task, by_seed, seeds, task_methods, folder))
+        result["advice"], result["advice_seconds"] = advices[task.name]
+        print_task(result, *advices[task.name], task_methods)
+        results.append(result)
+    summary = {
+        "tasks_reaching_tpe_best_within_30pct": sum(
+            r["verdicts"].get("reaches_tpe_best_within_30pct", False) for r in results
+        ),
+        "tasks_no_worse_than_median": sum(
+            r["verdicts"].get("no_worse_than_median", False) for r in results
+        ),
+        "tasks_ahead_at_25pct": sum(r["verdicts"].get("ahead_at_25pct", False) for r in results),
+        "lradvisor_own_checks_lost_bests": sum(
+            r["lost_bests"].get("lradvisor", {}).get("own_checks", 0) for r in results
+        ),
+        "lradvisor_base_lost_bests": sum(
+            r["lost_bests"].get("lradvisor", {}).get("base_pruner", 0) for r in results
+        ),
+        "median_lost_bests": sum(
+            r["lost_bests"].get("median", {}).get("base_pruner", 0) for r in results
+        ),
+    }
+    print(f"\nSummary over {len(results)} tasks: {json.dumps(summary)}")
+    print(f"Total wall time {time.perf_counter() - started:.0f} s")
     if args.json:
-        payload = {
-            "settings": {
-                **settings.__dict__,
-                "steps": STEPS,
-                "report_every": REPORT_EVERY,
-                "batch_size": BATCH_SIZE,
-                "target_fraction": TARGET_FRACTION,
-                "curve_tolerance": CURVE_TOLERANCE,
-                "budgets": BUDGETS,
-                "tasks": TASKS,
-            },
-            "environment": {
+        _write(
+            args.json,
+            {
+                "benchmark": "study",
                 "python": platform.python_version(),
                 "torch": torch.__version__,
-                "optuna": optuna.__version__,
-                "machine": platform.machine(),
+                "budget_trials": budget_trials,
+                "steps": STEPS,
+                "results": results,
+                "summary": summary,
+                "advices": advices,
+                "studies": {"|".join(map(str, k)): v for k, v in studies.items()},
             },
-            "advice": {
-                task: {
-                    "recommended_lr": advice.recommended_lr,
-                    "lr_range": list(advice.lr_range),
-                    "eos_lr": advice.eos_lr,
-                    "batch_eos_lr": advice.batch_eos_lr,
-                    "seconds": seconds,
-                }
-                for task, (advice, seconds) in advices.items()
-            },
-            "results": results,
-            "studies": studies,
-            "wall_s": elapsed,
-        }
-        with open(args.json, "w") as handle:
-            json.dump(_json_safe(payload), handle, indent=1)
-        print(f"wrote {args.json}")
+        )
+        print(f"JSON written to {args.json}")
 
 
 if __name__ == "__main__":

@@ -325,14 +325,24 @@ def _grace_study(pruner: ConservationPruner, lr: float) -> tuple[optuna.Study, o
         for step in range(0, 100, 10):
             good.report(1.0, step)
         study.tell(good, 1.0)
-    late = _ask(study, lr=lr, bound=1.0, loss="ce")
+    late = _ask(study, lr=lr, bound=0.25, loss="ce")
     return study, late
+
+
+def test_no_grace_below_the_bound():
+    median = MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    study, late = _grace_study(ConservationPruner(median, tau=(10.0, 5.0)), lr=0.5)
+    late.set_user_attr("lradvisor.bound", 1.0)  # η below it
+    late.report(5.0, 20)
+    assert late.should_prune()
 
 
 def test_cross_entropy_grace_period_keeps_the_base_pruner_out_until_tau():
     median = MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    # τ(η) = 10/η + 5: at η = 0.5, 25 steps of grace
-    _study, late = _grace_study(ConservationPruner(median, tau=(10.0, 5.0)), lr=0.5)
+    # τ(η) = 10/η + 5: at η = 0.5, 25 steps of grace (grace_factor 1)
+    _study, late = _grace_study(
+        ConservationPruner(median, tau=(10.0, 5.0), grace_factor=1.0), lr=0.5
+    )
     late.set_user_attr("lradvisor.steps_observed", 20)
     late.report(5.0, 20)
     assert not late.should_prune()  # within the grace period

@@ -157,6 +157,7 @@ class ProbeResult:
     extensions: tuple[str, ...]
     mode: str
     concentration: dict | None = None
+    trial_steps: int = 0  # (trial, step) pairs trained: the probe's cost in training steps
 
 
 @dataclass(frozen=True)

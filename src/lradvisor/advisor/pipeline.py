@@ -164,6 +164,7 @@ def assemble(
             + (f"; {'; '.join(probe.extensions)}" if probe.extensions else "")
             + f"), {len(probe.seeds)} seeds, to step {probe.rung}; the best {len(_finalists(probe))} to step {probe.steps}; "
             + probe.mode
+            + f"; {probe.trial_steps} training steps in all (≈ {probe.trial_steps / problem.steps:.1f} runs of your {problem.steps} steps)"
         ),
         **result.rules,
     }

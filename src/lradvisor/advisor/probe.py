@@ -171,7 +171,13 @@ class _Book:
         return inside + extra
 
     def result(
-        self, problem: Problem, rung: int, extensions: list[str], mode: str, history: dict | None
+        self,
+        problem: Problem,
+        rung: int,
+        extensions: list[str],
+        mode: str,
+        history: dict | None,
+        trial_steps: int,
     ) -> ProbeResult:
         rows = tuple(self.rows[r] for r in sorted(self.rows))
         return ProbeResult(
@@ -184,6 +190,7 @@ class _Book:
             extensions=tuple(extensions),
             mode=mode,
             concentration=history,
+            trial_steps=trial_steps,
         )
 
 
@@ -241,7 +248,7 @@ def run_probe(
         else problem.loop_reason
         or f"one trial at a time ({problem.optimizer.name} has no batched form)"
     )
-    result = book.result(problem, rung, extensions, mode, recorder.history())
+    result = book.result(problem, rung, extensions, mode, recorder.history(), cohort.trial_steps)
     return result, ProbeState(cohort, recorder.checkpoints, recorder.trajectory_lr)
 
 
@@ -274,6 +281,8 @@ def _add(
     _to_rung(extra, book, rung, origin)
     if len(extra):
         cohort.merge(extra)
+    else:  # every added rate stopped early: keep its cost on the books
+        cohort.trial_steps += extra.trial_steps
 
 
 def _rates(rates: list[float]) -> str:

@@ -114,6 +114,7 @@ class Cohort:
         self.alive = np.ones(len(rates), dtype=bool)
         self.diverged_step = np.full(len(rates), -1)
         self.initial_loss: np.ndarray | None = None
+        self.trial_steps = 0  # (trial, step) pairs trained: the probe's compute
 
     def advance(
         self,
@@ -129,6 +130,7 @@ class Cohort:
                 record(self, self.step)
             losses = self._train_step(self.problem.schedule(self.step, self.data.steps))
             self._check_losses(losses)
+            self.trial_steps += len(self)
             self.step += 1
         if record is not None and record_every and self.step % record_every == 0:
             record(self, self.step)
@@ -159,6 +161,7 @@ class Cohort:
         self.seeds = np.concatenate([self.seeds, other.seeds])
         self.alive = np.concatenate([self.alive, other.alive])
         self.diverged_step = np.concatenate([self.diverged_step, other.diverged_step])
+        self.trial_steps += other.trial_steps
         if self.initial_loss is not None and other.initial_loss is not None:
             self.initial_loss = np.concatenate([self.initial_loss, other.initial_loss])
 

@@ -61,11 +61,12 @@ class ConservationPruner(BasePruner):
        predicted drift| outside [1/``drift_factor``, ``drift_factor``] for the last
        ``drift_patience`` reports of a trial that started below its bound. The drift ratio
        is always logged (``lradvisor.drift_ratio``) as a signal.
-    4. Grace period (cross-entropy, when a compression timescale τ(η) = a/η + b is known:
-       ``tau=``, :meth:`from_advice`, or the study user_attr ``lradvisor.tau``): while the
-       trial has trained fewer than ``grace_factor``·τ(η) steps, the base pruner is not
-       asked. A cross-entropy trial at a large rate often loses early and wins once its
-       Hessian has compressed.
+    4. Grace period (cross-entropy trials at or above their stability bound, when a
+       compression timescale τ(η) = a/η + b is known: ``tau=``, :meth:`from_advice`, or the
+       study user_attr ``lradvisor.tau``): while the trial has trained fewer than
+       ``grace_factor``·τ(η) steps, the base pruner is not asked. Such a trial often loses
+       early (a catapult) and wins once its Hessian has compressed; below the bound there is
+       no catapult and no grace.
     5. ``"base_pruner"``: ``base.prune(study, trial)``; ``base=None`` never prunes here.
 
     Every prune writes ``lradvisor.prune_reason`` and ``lradvisor.prune_detail`` (a JSON
@@ -80,7 +81,8 @@ class ConservationPruner(BasePruner):
         drift_patience: consecutive reports off the band before pruning.
         blowup_factor: latest/first intermediate value that counts as divergence.
         tau: ``(a, b)`` of τ(η) = a/η + b in optimizer steps, e.g. from ``suggest``.
-        grace_factor: the grace period in units of τ(η).
+        grace_factor: the grace period in units of τ(η) (τ is the e-folding time of
+            1 − q̄, a few steps at such rates; the catapult lasts several of them).
 
     Example::
 
@@ -118,7 +120,7 @@ class ConservationPruner(BasePruner):
         drift_patience: int = 3,
         blowup_factor: float = 1e3,
         tau: tuple[float, float] | None = None,
-        grace_factor: float = 1.0,
+        grace_factor: float = 10.0,
     ) -> None:
         if base is not None and not isinstance(base, BasePruner):
             raise LRAdvisorError(
@@ -186,13 +188,18 @@ class ConservationPruner(BasePruner):
         return True
 
     def grace_steps(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> float:
-        """Steps before the base pruner may prune this trial (0 without a τ fit or for MSE)."""
+        """Steps before the base pruner may prune this trial: ``grace_factor``·τ(η) for a
+        cross-entropy trial at or above its stability bound (the catapult regime, where a
+        trial loses early and wins once the Hessian has compressed); 0 otherwise."""
         attrs = trial.user_attrs
         if attrs.get(_attrs.LOSS) not in CROSS_ENTROPY_NAMES:
             return 0.0
         tau = self._tau or _study_tau(study)
         lr = attrs.get(_attrs.LR, trial.params.get("lr"))
-        if tau is None or not _is_positive_number(lr):
+        bound = attrs.get(_attrs.BOUND, attrs.get(_attrs.EOS_LR))
+        if tau is None or not _is_positive_number(lr) or not _is_positive_number(bound):
+            return 0.0
+        if lr < bound:
             return 0.0
         return max(0.0, self._grace_factor * (tau[0] / lr + tau[1]))
 
