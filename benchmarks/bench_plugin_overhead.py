@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_study import SmallCNN, dataset, validation_loss  # noqa: E402
+from bench_study import SmallCNN, dataset, validation_loss
 
 STEPS = 300
 REPORT_EVERY = 30
