@@ -331,6 +331,10 @@ def _advice(
         "tau": advice.tau,  # CE only: a/η + b, λ_max(t) and 1 − q̄(t) along the probe
     }
     study.set_user_attr(ADVICE_ATTR, numbers)
+    tau = advice.tau or {}
+    if tau.get("a") is not None and tau.get("b") is not None:
+        # every worker's ConservationPruner reads it: the grace period of CE trials
+        study.set_user_attr("lradvisor.tau", f"[{float(tau['a'])}, {float(tau['b'])}]")
     return numbers
 
 
