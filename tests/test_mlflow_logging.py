@@ -260,13 +260,15 @@ def test_replication_result_is_logged_as_one_experiment_per_paper_experiment(
         ],
     }
     outcome = log_replication(result, tracking_uri=store, spool=tmp_path / "spool")
-    assert (outcome.sent, outcome.pending) == (2, 0)
+    assert (outcome.sent, outcome.pending) == (3, 0)  # the run, its rate and its claim
     # Logging the same result again sends nothing twice.
     log_replication(result, tracking_uri=store, spool=tmp_path / "spool")
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("paper E5 drift scaling law")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2
+    assert len(runs) == 3
+    (rate,) = [r for r in runs if r.data.tags["lradvisor.role"] == "rate"]
+    assert rate.data.metrics == {"lr": 0.1, "drift": 2e-3}
     (parent,) = [r for r in runs if r.data.tags["lradvisor.role"] == "replication"]
     (claim,) = [r for r in runs if r.data.tags["lradvisor.role"] == "claim"]
     assert parent.data.metrics["alpha"] == 1.161
@@ -277,3 +279,4 @@ def test_replication_result_is_logged_as_one_experiment_per_paper_experiment(
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "figures")] == [
         "figures/drift_vs_lr.png"
     ]
+    assert "verdicts.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from lradvisor.config import parse_config
+from lradvisor.engine.batched import run_sweep
 from lradvisor.measure.hessian import dense_spectrum, flat_gradient
 from lradvisor.prediction import predict_imbalance_sum
+from lradvisor.replication.claims import beats
 from lradvisor.replication.kinds import (
     KINDS,
     ck_validation,
@@ -25,6 +27,7 @@ from lradvisor.replication.kinds import (
 )
 from lradvisor.replication.kinds import modes as mode_algebra
 from lradvisor.replication.outcome import Figure, Outcome
+from lradvisor.replication.spec import load_experiment
 from lradvisor.theory import gradient_imbalance_sum, mode_coefficients
 
 EXACT = 1e-10
@@ -150,20 +153,33 @@ def _check(outcome: Outcome, keys: list[str]) -> None:
     yaml.safe_dump(outcome.values)  # JSON/YAML-able: plain numbers, strings, lists, dicts
 
 
-def test_spectral_prediction_matches_the_library_prediction() -> None:
+def test_spectral_prediction_errors_and_nulls_are_those_of_the_library_prediction() -> None:
+    """E8's numbers recomputed outside the kind: the sweep, the dense prediction, the nulls."""
     calls = []
+    lrs = [1e-3, 1e-2, 0.1]
     protocol = _tiny(
-        lrs=[1e-3, 1e-2, 0.1],
-        variants={"linear": {"model": {"activation": "identity"}}, "relu": {}},
+        lrs=lrs, variants={"linear": {"model": {"activation": "identity"}}, "relu": {}}
     )
     outcome = spectral_prediction.spectral_prediction(
         protocol, quick=False, progress=lambda d, t, label: calls.append(label)
     )
     _check(outcome, ["linear", "relu"])
-    for name in ("linear", "relu"):
-        assert set(outcome.values[name]) >= {"median_error", "errors", "eos_bound", "alpha"}
-        assert 0 <= outcome.values[name]["median_error"] < 1
     assert set(calls) == {"linear", "relu"}
+    for name, overrides in protocol["variants"].items():
+        config = common.config_from(protocol, **overrides)
+        measured = run_sweep(config, lrs=lrs, seeds=[42]).imbalance_sum[:, 0]
+        library = predict_imbalance_sum(config, lrs=np.array(lrs), seeds=[42], steps=40)
+        predicted = library.imbalance_sum[:, 0]
+        below = np.array(lrs) < 2.0 / library.lambda_max.max()
+        errors = np.abs(predicted - np.abs(measured)) / np.abs(measured)
+        values = outcome.values[name]
+        assert values["median_error"] == pytest.approx(np.median(errors[below]), rel=1e-9)
+        inverse = 1.0 / np.array(lrs)[below]
+        target = np.abs(measured)[below]
+        scaled = inverse * np.exp(np.mean(np.log(target) - np.log(inverse)))
+        no_hessian = np.median(np.abs(scaled - target) / target)
+        assert values["nulls"]["no_hessian"] == pytest.approx(no_hessian, rel=1e-9)
+        assert set(values["nulls"]) == {"no_hessian", "constant_spectrum", "random_directions"}
 
 
 def test_hessian_time_prediction_at_step_zero_is_the_init_prediction() -> None:
@@ -171,14 +187,19 @@ def test_hessian_time_prediction_at_step_zero_is_the_init_prediction() -> None:
     outcome = hessian_time.hessian_time_prediction(
         _tiny(lrs=lrs, train_lr=0.05, hessian_steps=[0, 20]), quick=True, progress=None
     )
-    _check(outcome, ["r_at_0", "r_at_20", "by_step", "best_step"])
+    _check(outcome, ["r_at_0", "r_at_20", "by_step", "best_step", "nulls_at_20"])
     config = parse_config(TINY_MODEL)
     library = predict_imbalance_sum(config, lrs=np.array(lrs), seeds=[42], steps=40)
     ours = common.config_from(_tiny())
     data, weights = common.seed_data(ours, 42)
     mine, _ = hessian_time._predict_from(ours, data, common.flat(weights), np.array(lrs), 40)
     np.testing.assert_allclose(mine, library.imbalance_sum[:, 0], rtol=1e-9)
-    assert -1 <= outcome.values["r_at_20"] <= 1
+    measured = np.abs(run_sweep(config, lrs=lrs, seeds=[42]).imbalance_sum[:, 0])
+    usable = np.array(lrs) < 2.0 / library.lambda_max.max()
+    expected = np.corrcoef(np.log(mine[usable]), np.log(measured[usable]))[0, 1]
+    assert outcome.values["r_at_0"] == pytest.approx(expected, rel=1e-12)
+    no_hessian = np.corrcoef(-np.log(np.array(lrs)[usable]), np.log(measured[usable]))[0, 1]
+    assert outcome.values["nulls_at_0"]["no_hessian"] == pytest.approx(no_hessian, rel=1e-12)
 
 
 def test_activation_coupling_reports_a_qualitative_verdict() -> None:
@@ -224,20 +245,24 @@ def test_hessian_evolution_lambda_max_matches_the_dense_hessian_at_init() -> Non
     assert outcome.values["fall_step"] == 20
 
 
-def test_ck_validation_is_exact_in_the_linearised_limit() -> None:
-    """At a tiny η the run is its own linearisation: empirical c_k = predicted c_k."""
-    protocol = _tiny(lrs=[1e-6, 0.05], modes=10, first_principles=True)
+def test_projection_ck_cannot_tell_the_eigenvalues_apart() -> None:
+    """The flaw the nulls expose: at a small η the projection c_k equal the prediction's
+    (they are built from the same projections), and they equal them just as well with every
+    eigenvalue replaced by one constant — R = 1 carries no information about the spectrum."""
+    protocol = _tiny(lrs=[1e-6, 2e-6], modes=10, first_principles=True, fit_rates=6, bins=4)
     protocol["model"] = {
         **TINY_MODEL,
         "model": {"hidden": [8], "activation": "identity", "bias": False},
         "training": {"loss": "mse", "steps": 40, "dtype": "float64"},
     }
     outcome = ck_validation.ck_validation(protocol, quick=True, progress=None)
-    keys = ["r_sorted", "r_matched", "r_sorted_min", "r_matched_min", "r_matched_log"]
-    _check(outcome, [*keys, "r_sorted_imbalance", "r_matched_imbalance"])
-    assert outcome.values["r_matched_by_lr"]["1e-06"] == pytest.approx(1.0, abs=1e-6)
-    assert outcome.values["r_sorted_by_lr"]["1e-06"] == pytest.approx(1.0, abs=1e-6)
-    assert -1 <= outcome.values["r_first_principles"] <= 1
+    values = outcome.values
+    _check(outcome, ["r_sorted", "r_matched", "r_binned", "nulls_binned", "nulls_matched"])
+    assert values["r_matched_by_lr"]["1e-06"] == pytest.approx(1.0, abs=1e-6)
+    null = values["nulls_matched"]["constant_spectrum"]
+    assert null == pytest.approx(1.0, abs=1e-6) and not beats(values["r_matched"], null, "higher")
+    assert beats(values["r_matched"], values["nulls_matched"]["random_directions"], "higher")
+    assert set(values["nulls_first_principles"]) == {"random_directions"}  # one seed: no other
 
 
 def test_mode_shares_of_the_imbalance_sum_to_delta_over_a_complete_basis() -> None:
@@ -299,16 +324,13 @@ def test_mode_coefficients_and_formula_agree_with_the_sum_of_mode_terms() -> Non
 
 @pytest.mark.parametrize("name", OUR_STUDIES)
 def test_study_files_name_our_kinds_and_metrics(name: str) -> None:
+    """Valid files of these kinds; every prediction-vs-measurement claim names its nulls."""
+    experiment = load_experiment(STUDIES / f"{name}.yaml", kinds=KINDS)
     study = yaml.safe_load((STUDIES / f"{name}.yaml").read_text())
-    assert study["kind"] in KINDS
-    assert set(study) >= {"id", "name", "kind", "protocol", "quick", "claims"}
-    checks = {"approx", "greater", "less", "between", "increasing", "decreasing", "constant"}
-    for claim in study["claims"]:
-        assert claim["check"] in checks | {"qualitative"}
-        assert claim["published"] and claim["metric"]
-        if claim["check"] != "qualitative":
-            assert "value" in claim
-        if claim["check"] == "approx":
-            assert claim["tolerance"] > 0
+    if experiment.kind in ("spectral_prediction", "hessian_time_prediction", "ck_validation"):
+        for claim in experiment.claims:
+            assert claim.nulls and claim.better == (
+                "lower" if "error" in claim.metric else "higher"
+            )
     parse_config(study["protocol"]["model"])
     assert set(study["quick"]) <= set(study["protocol"])

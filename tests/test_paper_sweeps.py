@@ -58,7 +58,11 @@ def test_grid_analyses_and_progress():
     )
     assert values["alpha_by"]["loss"]["ce"] == [alpha["4"]["ce"], alpha["8"]["ce"]]
     assert values["transition"]["at"] == [4.0, 4.0]
-    assert values["non_additive"]["holds"] in (True, False)
+    table = np.array([[alpha["4"]["mse"], alpha["4"]["ce"]], [alpha["8"]["mse"], alpha["8"]["ce"]]])
+    widths = [p["alpha_ci"][1] - p["alpha_ci"][0] for p in values["points"]]
+    interaction, noise = additive_interaction(table), float(np.mean(widths)) / 2
+    assert values["interaction_rms"] == pytest.approx(interaction, rel=1e-12)
+    assert values["non_additive"]["holds"] is (interaction > noise)
     assert calls[-1][0] == calls[-1][1] and all(d <= t for d, t in calls)
     assert outcome.figures["alpha_grid"].series
 
@@ -90,12 +94,72 @@ def test_ratio_and_the_reference_for_a_target():
     assert ratio["reference_for_target"] == pytest.approx(0.5 / 1000 ** (1 / 1.5))
 
 
-def test_fit_range_keeps_the_full_grid_fit_beside_it():
+def test_the_protocol_grid_is_the_fit_and_a_window_is_kept_beside_it():
+    lrs = [1e-3, 3e-3, 0.01, 0.03, 0.3]
     values = drift_kind.drift_sweep(
-        {**BASE, "fit_max_lr": 0.1, "lrs": [1e-3, 3e-3, 0.01, 0.03, 0.3]}, quick=True, progress=None
+        {**BASE, "fit_max_lr": 0.1, "lrs": lrs}, quick=True, progress=None
     ).values
-    assert values["fit_max_lr"] == 0.1 and values["n_points"] == 4
-    assert values["alpha_all_lrs"] != values["alpha"]
+    assert values["fit_max_lr"] == 0.1 and values["n_points"] == 5
+    drift = np.array(values["drift"])
+    assert values["alpha"] == pytest.approx(np.polyfit(np.log(lrs), np.log(drift), 1)[0])
+    window = np.polyfit(np.log(lrs[:4]), np.log(drift[:4]), 1)[0]
+    assert values["alpha_window"] == pytest.approx(window)
+
+
+def test_the_paper_comparable_drift_is_c_summed_in_the_run_dtype():
+    """float64: C summed in float64 is the exact drift to round-off, and the floor is ~1e-16."""
+    values = drift_kind.drift_sweep(BASE, quick=True, progress=None).values
+    np.testing.assert_allclose(values["direct_drift"], values["drift"], rtol=1e-9)
+    assert values["alpha_direct"] == pytest.approx(values["alpha"], abs=1e-9)
+    assert max(values["rounding_floor"]) < 1e-13 and not any(values["near_floor"])
+
+
+def test_variants_report_their_relative_alpha_difference():
+    values = drift_kind.drift_sweep(
+        {
+            **BASE,
+            "compare": [
+                {"label": "linear", "model": {"model": {"activation": "identity"}}},
+                {"label": "relu", "model": {}},
+            ],
+        },
+        quick=True,
+        progress=None,
+    ).values
+    a, b = values["variants"]["relu"]["alpha"], values["variants"]["linear"]["alpha"]
+    assert values["alpha_relative_difference"]["relu"] == pytest.approx(abs(a - b) / ((a + b) / 2))
+
+
+def test_a_transition_beyond_the_grid_is_infinite():
+    values = grid_kind.grid_sweep(
+        {
+            **BASE,
+            "grid": {"width": [4, 8]},
+            "transition": {"axis": "width", "by": "width", "threshold": 9.0},
+        },
+        quick=True,
+        progress=None,
+    ).values
+    assert values["transition"]["at"] == [math.inf, math.inf]
+    assert values["transition"]["reached"] == [False, False]
+
+
+def test_grid_variants_and_the_common_range():
+    values = grid_kind.grid_sweep(
+        {
+            **BASE,
+            "lrs": [0.003, 0.03, 0.3, 30.0],
+            "grid": {"width": [4, 8], "loss": ["mse", "ce"]},
+            "common_range": True,
+            "variants": {"linear": {"model": {"activation": "identity"}}},
+        },
+        quick=True,
+        progress=None,
+    ).values
+    assert values["common_range"] == [0.003, 0.3]  # η = 30 diverges somewhere in the grid
+    assert "non_additive_common" in values and "interaction_rms_common" in values
+    linear = values["variants"]["linear"]
+    assert linear["alphas"] != values["alphas"] and len(linear["alphas"]) == 4
 
 
 def test_additive_interaction():

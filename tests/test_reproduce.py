@@ -13,8 +13,10 @@ from lradvisor.replication.reproduce import (
     QUICK_NOTE,
     ExperimentRow,
     ReplicationResult,
+    apply_stability,
     render_table,
     reproduce,
+    stable_digits,
 )
 from lradvisor.replication.spec import load_experiment
 
@@ -45,7 +47,6 @@ TINY = {
             "metric": "alpha",
             "check": "approx",
             "value": 1.0,
-            "tolerance": 0.01,
         },
     ],
 }
@@ -70,7 +71,14 @@ def test_cli_quick_table_and_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["mode"] == "quick"
     (row,) = data["experiments"]
-    assert row["id"] == "E3" and row["verdict"] in ("reproduced", "partly", "not reproduced")
+    drift, alpha = row["values"]["drift"], row["values"]["alpha"]
+    grows = drift[0] < drift[1] < drift[2]
+    near_one = abs(alpha - 1.0) <= 0.1
+    expected = {(True, True): "reproduced", (False, False): "not reproduced"}.get(
+        (grows, near_one), "partly"
+    )
+    assert row["id"] == "E3" and row["verdict"] == expected
+    assert [c["holds"] for c in row["claims"]] == [grows, near_one]
     assert [c["id"] for c in row["claims"]] == ["grows", "alpha"]
     assert row["values"]["lrs"] == [0.001, 0.01, 0.1]
     assert len(row["values"]["drift"]) == 3
@@ -135,3 +143,49 @@ def test_report_writes_markdown_and_figures(tmp_path):
     assert "| E3 | drift vs learning rate |" in text
     assert "![drift](replication/E3_drift_vs_lr.png)" in text
     assert (tmp_path / "docs" / "replication" / "E3_drift_vs_lr.png").stat().st_size > 1000
+
+
+def test_stable_digits_are_those_every_run_agrees_on():
+    assert stable_digits([2.733]) == 4
+    assert stable_digits([2.7332, 2.7332]) == 4
+    assert stable_digits([2.733, 2.749]) == 2
+    assert stable_digits([2.733, 2.789]) == 1  # E6 at 8 layers, AVX-512 vs AVX2 kernels
+    assert stable_digits([[1.161, 2.733], [1.161, 2.749]]) == 2
+    assert stable_digits([None, 1.0]) == 4
+
+
+def test_a_claim_whose_verdict_changes_between_runs_cannot_be_settled():
+    from lradvisor.replication.claims import judge
+    from lradvisor.replication.spec import Claim
+
+    claims = (
+        Claim("a", "α = 1.72", "a", "approx", value=1.72),
+        Claim("r", "R² > 0.99", "r", "greater", value=0.99),
+    )
+    verdict = judge(claims, {"a": 1.80, "r": 0.995})
+    row = ExperimentRow(
+        "E6",
+        "depth",
+        "grid_sweep",
+        "f",
+        "",
+        verdict.verdict,
+        verdict.reason,
+        verdict.results,
+        1.0,
+        None,
+    )
+    assert row.verdict == "reproduced"
+    apply_stability(
+        row,
+        {
+            "other": {
+                "a": {"measured": 1.95, "holds": False},
+                "r": {"measured": 0.995, "holds": True},
+            }
+        },
+    )
+    assert [c.holds for c in row.claims] == [None, True]
+    assert row.verdict == "partly" and "unstable" in row.reason
+    assert row.digits("a") == 1 and row.digits("r") == 4
+    assert row.shown(row.claims[0]) == "? 2 (runs 1.8–1.95)"

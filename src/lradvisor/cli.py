@@ -214,6 +214,20 @@ def _end() -> None:
         _fail(message)
 
 
+def _lr_window(option: str, text: str | None) -> tuple[float, float] | None:
+    """The window "LO:HI" as (LO, HI), with 0 < LO ≤ HI."""
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(":")
+    try:
+        low, high = (float(parts[0]), float(parts[1])) if len(parts) == 2 else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or not (np.isfinite(low) and np.isfinite(high) and 0 < low <= high):
+        raise ConfigError("<command line>", option, "LO:HI with 0 < LO ≤ HI, e.g. 1e-3:0.1", text)
+    return low, high
+
+
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="lradvisor")
 def main() -> None:
@@ -240,7 +254,22 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Which law C_l the table shows.",
+    help="Which law C_l the table shows and the JSON's top-level alpha fits.",
+)
+@click.option(
+    "--drift",
+    type=click.Choice(["exact", "direct"]),
+    default="exact",
+    show_default=True,
+    help="exact: η²·S in float64; direct: C(T) − C(0) in the run's dtype (the paper's way).",
+)
+@click.option("--fit-lrs", help="Fit α only over LO ≤ η ≤ HI, e.g. 1e-3:0.1.")
+@click.option(
+    "--diverged",
+    type=click.Choice(["exclude", "drop-rate"]),
+    default="exclude",
+    show_default=True,
+    help="exclude: diverged trials leave their rate's mean; drop-rate: their rate leaves the fit.",
 )
 @click.option("--device", help="torch device, e.g. cuda (overrides training.device).")
 @click.option("--no-predict", is_flag=True, help="Skip the spectral prediction of S(η).")
@@ -257,6 +286,9 @@ def sweep(
     seeds: str | None,
     steps: int | None,
     law: int,
+    drift: str,
+    fit_lrs: str | None,
+    diverged: str,
     device: str | None,
     no_predict: bool,
     json_file: Path | None,
@@ -287,11 +319,15 @@ def sweep(
             steps=steps,
             predict=not no_predict,
             progress=progress,
+            drift=drift,
+            law=law - 1,
+            fit_lrs=_lr_window("--fit-lrs", fit_lrs),
+            diverged=diverged,
         )
     if json_file is not None and str(json_file) == "-":
         click.echo(json.dumps(report.to_json(), indent=2))
         return
-    click.echo(render_sweep(report, law=law - 1))
+    click.echo(render_sweep(report))
     if json_file is not None:
         saved = _save(json_file, _text_writer(json.dumps(report.to_json(), indent=2)), "--json")
         click.echo(f"\nwrote {saved}")
@@ -636,6 +672,11 @@ def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> 
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of study files (default: the repository's studies/).",
 )
+@click.option(
+    "--stability",
+    is_flag=True,
+    help="Run everything twice more (1 thread; other CPU vector code) and judge every run.",
+)
 @_tracking_options
 @_friendly
 def reproduce(
@@ -644,6 +685,7 @@ def reproduce(
     json_file: Path | None,
     report_file: Path | None,
     studies_dir: Path | None,
+    stability: bool,
     tracking_uri: str | None,
     no_mlflow: bool,
 ) -> None:
@@ -666,7 +708,11 @@ def reproduce(
 
     try:
         result = run_reproduce(
-            ids or "all", quick=quick, progress=progress, studies_dir=studies_dir
+            ids or "all",
+            quick=quick,
+            progress=progress,
+            studies_dir=studies_dir,
+            stability=stability,
         )
     finally:
         if bar is not None:

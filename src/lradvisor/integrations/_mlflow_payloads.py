@@ -464,15 +464,109 @@ def flatten_numbers(value: Any, prefix: str = "", *, limit: int = 400) -> dict[s
     return found
 
 
+def verdict_table(result: dict[str, Any]) -> str:
+    """The verdict table of one ``lradvisor reproduce`` result, as markdown (an artifact)."""
+    lines = [
+        f"# lradvisor reproduce ({result.get('mode', '')}, commit {result.get('commit', '')}, "
+        f"{result.get('date', '')})",
+        "",
+        "| exp | published claim | read as | measured | nulls | holds | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    mark = {True: "✓", False: "✗", None: "?"}
+    for row in result.get("experiments", []):
+        for i, claim in enumerate(row.get("claims") or [{}]):
+            nulls = ", ".join(
+                f"{name} {value:.4g}" for name, value in (claim.get("nulls") or {}).items()
+            )
+            extra = "*extra:* " if claim.get("extra") else ""
+            measured = claim.get("measured")
+            shown = f"{measured:.4g}" if _finite(measured) is not None else _text(measured, 60)
+            lines.append(
+                f"| {row['id'] if i == 0 else ''} | {extra}{claim.get('published', '')} "
+                f"| {claim.get('reading', '')} | {shown} | {nulls} "
+                f"| {mark.get(claim.get('holds'), '')} | {row['verdict'] if i == 0 else ''} |"
+            )
+    counts = ", ".join(f"{n} {v}" for v, n in (result.get("verdicts") or {}).items())
+    return "\n".join([*lines, "", f"verdicts: {counts}", ""])
+
+
+def _trial_payloads(
+    row: dict[str, Any], key: str, experiment: str, tracking_uri: str
+) -> list[dict[str, Any]]:
+    """One nested run per (η, seed) of ``values.per_trial`` (else per η of ``values.per_lr``):
+    observed and predicted drift and S, the nulls' S, and the regime as a tag."""
+    values = row.get("values") or {}
+    entries = values.get("per_trial") or values.get("per_lr") or []
+    payloads = []
+    for entry in entries:
+        if not isinstance(entry, dict) or _finite(entry.get("lr")) is None:
+            continue
+        lr = float(entry["lr"])
+        seed = entry.get("seed")
+        name = f"η = {lr:g}" + ("" if seed is None else f", seed {seed}")
+        numbers = {k: v for k, v in entry.items() if k not in ("beyond_eos", "seed")}
+        metrics = [[k, v, 0] for k, v in flatten_numbers(numbers).items()]
+        params = {"lr": f"{lr:g}"} | ({} if seed is None else {"seed": str(seed)})
+        payloads.append(
+            {
+                "kind": "run",
+                "tracking_uri": tracking_uri,
+                "experiment": experiment,
+                "run_key": f"{key}-{metric_key(name)}",
+                "parent_run_key": key,
+                "run_name": name,
+                "params": params,
+                "tags": {
+                    ROLE_TAG: "trial" if seed is not None else "rate",
+                    "lradvisor.regime": "beyond EoS" if entry.get("beyond_eos") else "sub-EoS",
+                },
+                "metrics": metrics,
+                "figures": {},
+                "status": "FINISHED",
+            }
+        )
+    return payloads
+
+
+def _claim_metrics(claim: dict[str, Any]) -> list[list]:
+    metrics = [
+        [metric_key("measured", k), v, 0] for k, v in flatten_numbers(claim.get("measured")).items()
+    ]
+    measured = _finite(claim.get("measured"))
+    if measured is not None:
+        metrics.append(["measured", measured, 0])
+    for name, value in (claim.get("nulls") or {}).items():
+        if _finite(value) is not None:
+            metrics.append([metric_key("null", name), float(value), 0])
+            metrics.append(
+                [
+                    metric_key("null_beaten", name),
+                    float(bool((claim.get("beaten") or {}).get(name))),
+                    0,
+                ]
+            )
+    versus = _finite(claim.get("versus"))
+    if versus is not None and claim.get("nulls"):
+        metrics.append(["prediction_versus_nulls", versus, 0])
+    return metrics
+
+
 def replication_payloads(result: dict[str, Any], *, tracking_uri: str) -> list[dict[str, Any]]:
     """``lradvisor reproduce``'s result (``ReplicationResult.as_dict()``) as ``run`` payloads.
 
     Each paper experiment is an MLflow experiment (``paper E5 drift scaling law``); each
-    reproduce invocation a parent run in it (its values as metrics, verdict and reason as
-    tags, its figures), with one nested run per published claim (measured value, holds).
+    reproduce invocation a parent run in it: its values as metrics (``alpha_fitted`` and
+    ``alpha_predicted`` named as such where the experiment has them), verdict and reason as
+    tags, its figures, and the whole invocation's verdict table as ``verdicts.md``. Nested
+    under it: one run per trial (η, seed) for drift experiments with a prediction (observed
+    and predicted drift and S, the nulls' S; trials beyond their seed's EoS bound have no
+    prediction) and one run per published claim (measured value, holds, the nulls' values
+    and whether each is beaten).
     """
     payloads = []
     stamp = f"{result.get('date', '')}|{result.get('commit', '')}|{result.get('mode', '')}"
+    table = verdict_table(result)
     for row in result.get("experiments", []):
         experiment = f"paper {row['id']} {row['name']}"
         key = hashlib.sha256(f"{experiment}|{stamp}".encode()).hexdigest()[:24]
@@ -490,7 +584,14 @@ def replication_payloads(result: dict[str, Any], *, tracking_uri: str) -> list[d
             "published": _text(row.get("published", "")),
             "mode": result.get("mode", ""),
         }
-        metrics = [[k, v, 0] for k, v in flatten_numbers(row.get("values") or {}).items()]
+        values = row.get("values") or {}
+        metrics = [[k, v, 0] for k, v in flatten_numbers(values).items()]
+        named = {
+            "alpha_fitted": values.get("alpha_fitted_below_eos", values.get("alpha")),
+            "alpha_fitted_all_rates": values.get("alpha"),
+            "alpha_predicted": values.get("alpha_predicted"),
+        }
+        metrics += [[k, float(v), 0] for k, v in named.items() if _finite(v) is not None]
         metrics.append(["wall_time_s", float(row.get("wall_time_s") or 0.0), 0])
         payloads.append(
             {
@@ -503,17 +604,12 @@ def replication_payloads(result: dict[str, Any], *, tracking_uri: str) -> list[d
                 "tags": tags,
                 "metrics": metrics,
                 "figures": row.get("figures") or {},
+                "texts": {"verdicts.md": table},
                 "status": "FAILED" if row["verdict"] == "error" else "FINISHED",
             }
         )
+        payloads += _trial_payloads(row, key, experiment, tracking_uri)
         for claim in row.get("claims", []):
-            claim_metrics = [
-                [metric_key("measured", k), v, 0]
-                for k, v in flatten_numbers(claim.get("measured")).items()
-            ]
-            measured = _finite(claim.get("measured"))
-            if measured is not None:
-                claim_metrics.append(["measured", measured, 0])
             payloads.append(
                 {
                     "kind": "run",
@@ -526,13 +622,15 @@ def replication_payloads(result: dict[str, Any], *, tracking_uri: str) -> list[d
                         "published": _text(claim.get("published", "")),
                         "metric": str(claim.get("metric", "")),
                         "check": str(claim.get("check", "")),
+                        "reading": _text(claim.get("reading", "")),
                     },
                     "tags": {
                         ROLE_TAG: "claim",
                         "lradvisor.holds": str(claim.get("holds")),
+                        "lradvisor.extra": str(bool(claim.get("extra"))),
                         "lradvisor.reason": _text(claim.get("reason", "")),
                     },
-                    "metrics": claim_metrics,
+                    "metrics": _claim_metrics(claim),
                     "figures": {},
                     "status": "FINISHED",
                 }

@@ -430,6 +430,8 @@ class _Delivery:
         ).info.run_id
         self._log(run_id, params=payload["params"], metrics=payload["metrics"])
         self._figures(run_id, payload.get("figures") or {})
+        for name, text in (payload.get("texts") or {}).items():
+            self.client.log_text(run_id, text, name)
         self.client.set_terminated(run_id, status=payload["status"])
         self.client.set_tag(run_id, COMPLETE_TAG, "true")
 

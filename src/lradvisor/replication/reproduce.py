@@ -3,14 +3,24 @@
 :func:`reproduce` loads and validates every chosen study file first (a bad file stops the
 run before any training), runs each experiment's kind, checks its published claims and
 returns a :class:`ReplicationResult`; :func:`render_table` is the text table the CLI prints.
+
+With ``stability`` every experiment runs twice more — with one torch thread, and in a
+child process whose PyTorch CPU kernels use another vector instruction set
+(``ATEN_CPU_CAPABILITY``, the rounding another machine would have) — and each claim keeps
+the value of every run: a claim whose verdict changes between runs cannot be settled, and
+measured values are printed to the digits the runs agree on.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import math
+import os
 import platform
 import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterable, Iterator
@@ -20,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from lradvisor.errors import ConfigError, LRAdvisorError
-from lradvisor.replication.claims import ClaimResult, Verdict, format_value, judge
+from lradvisor.replication.claims import (
+    NULL_MARGIN,
+    ClaimResult,
+    Verdict,
+    format_value,
+    judge,
+    verdict_of,
+)
 from lradvisor.replication.kinds import KINDS, VALIDATORS, get_kind
 from lradvisor.replication.kinds.sweeps import PROTOCOL, clear_cache
 from lradvisor.replication.outcome import Figure, Outcome, Progress
@@ -29,11 +46,16 @@ from lradvisor.replication.spec import Experiment, find_experiments
 ERROR = "error"  # the kind could not run (a row, not an abort: the other experiments go on)
 QUICK_NOTE = "QUICK mode: fewer seeds, steps and grid points than the paper's protocols"
 UNITS_PER_EXPERIMENT = 1000  # progress units per experiment
+THREADS_RUN = "1 thread"
+MARK = {True: "✓", False: "✗", None: "?"}
 
 
 @dataclass
 class ExperimentRow:
-    """One experiment run and judged."""
+    """One experiment run and judged.
+
+    ``runs``: for each stability run (label), each claim's ``{"measured", "holds"}`` there.
+    """
 
     id: str
     name: str
@@ -45,17 +67,49 @@ class ExperimentRow:
     claims: tuple[ClaimResult, ...]
     wall_time: float
     outcome: Outcome | None
+    runs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def published(self) -> str:
-        return "; ".join(result.claim.published for result in self.claims)
+        return "; ".join(result.claim.published for result in self.claims if not result.extra)
 
     @property
     def measured(self) -> str:
-        return "; ".join(_measured(result) for result in self.claims)
+        return "; ".join(self.shown(result) for result in self.claims if not result.extra)
+
+    def values_across_runs(self, claim_id: str) -> list[Any]:
+        """The claim's measured value in this run and every stability run."""
+        main = next(r.measured for r in self.claims if r.claim.id == claim_id)
+        return [main, *(run[claim_id]["measured"] for run in self.runs.values() if claim_id in run)]
+
+    def digits(self, claim_id: str) -> int:
+        """Significant digits on which every run agrees (4 without stability runs)."""
+        return stable_digits(self.values_across_runs(claim_id))
+
+    def shown(self, result: ClaimResult) -> str:
+        """``✓ 1.161`` — the mark and the value, to the digits the runs agree on."""
+        text = f"{MARK[result.holds]} {format_value(result.measured, digits=self.digits(result.claim.id))}"
+        spread = self.spread_text(result.claim.id)
+        return f"{text} {spread}" if spread else text
+
+    def spread_text(self, claim_id: str) -> str:
+        values = self.values_across_runs(claim_id)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) < 2 or len(numbers) != len(values):
+            return ""
+        low, high = min(numbers), max(numbers)
+        if low == high:
+            return "(runs agree)"
+        return f"(runs {low:.4g}–{high:.4g})"
 
     def as_dict(self) -> dict[str, Any]:
         outcome = self.outcome
+        claims = []
+        for result in self.claims:
+            entry = result.as_dict()
+            entry["digits"] = self.digits(result.claim.id)
+            entry["runs"] = {label: run.get(result.claim.id) for label, run in self.runs.items()}
+            claims.append(entry)
         return {
             "id": self.id,
             "name": self.name,
@@ -66,7 +120,7 @@ class ExperimentRow:
             "verdict": self.verdict,
             "reason": self.reason,
             "wall_time_s": round(self.wall_time, 2),
-            "claims": [result.as_dict() for result in self.claims],
+            "claims": claims,
             "study_notes": self.notes,
             "notes": [] if outcome is None else outcome.notes,
             "values": None if outcome is None else outcome.values,
@@ -86,6 +140,7 @@ class ReplicationResult:
     commit: str
     date: str
     machine: str = field(default_factory=lambda: f"{platform.machine()}, {_cpus()} CPUs")
+    stability: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -102,10 +157,34 @@ class ReplicationResult:
                 "date": self.date,
                 "machine": self.machine,
                 "wall_time_s": round(self.wall_time, 2),
+                "stability_runs": self.stability,
                 "verdicts": self.counts(),
                 "experiments": [row.as_dict() for row in self.rows],
             }
         )
+
+
+def stable_digits(values: list[Any], *, most: int = 4) -> int:
+    """The largest number of significant digits (1 … ``most``) at which all values agree.
+
+    Lists agree element by element; values that are not numbers do not limit the digits.
+    """
+    numbers = [v for v in values if v is not None]
+    if len(numbers) < 2:
+        return most
+    if all(isinstance(v, list) for v in numbers):
+        if len({len(v) for v in numbers}) != 1:
+            return most
+        return min(
+            (stable_digits(list(column), most=most) for column in zip(*numbers, strict=True)),
+            default=most,
+        )
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+        return most
+    for digits in range(most, 0, -1):
+        if len({format_value(v, digits=digits) for v in numbers}) == 1:
+            return digits
+    return 1
 
 
 def json_safe(value: Any) -> Any:
@@ -122,14 +201,7 @@ def json_safe(value: Any) -> Any:
 
 
 def _cpus() -> int:
-    import os
-
     return os.cpu_count() or 1
-
-
-def _measured(result: ClaimResult) -> str:
-    mark = {True: "✓", False: "✗", None: "?"}[result.holds]
-    return f"{mark} {format_value(result.measured)}"
 
 
 def figure_dict(figure: Figure) -> dict[str, Any]:
@@ -171,10 +243,13 @@ def reproduce(
     quick: bool = False,
     progress: Progress | None = None,
     studies_dir: str | Path | None = None,
+    stability: bool = False,
 ) -> ReplicationResult:
     """Run the chosen experiments (ids like "E5", or "all") and judge their claims.
 
-    ``progress(done, total, label)`` counts 1000 units per experiment.
+    ``progress(done, total, label)`` counts 1000 units per experiment. ``stability``: run
+    everything twice more (one thread; another CPU vector code) and judge each claim on
+    all three runs (module docstring).
     """
     experiments = find_experiments(ids, studies_dir=studies_dir, kinds=KINDS)
     for experiment in experiments:
@@ -183,20 +258,135 @@ def reproduce(
                 VALIDATORS[experiment.kind](experiment.protocol_for(quick=quick))
     started = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    clear_cache()
-    rows = []
-    try:
-        for index, experiment in enumerate(experiments):
-            rows.append(_run(experiment, quick, index, len(experiments), progress))
-    finally:
-        clear_cache()
+    rows = _run_all(experiments, quick, progress)
+    labels = []
+    if stability:
+        ids_text = [e.id for e in experiments]
+        alternatives = {THREADS_RUN: _threads_run(experiments, quick)}
+        _, other = _vector_code()
+        if other is not None:
+            alternatives[f"CPU kernels {other}"] = _isa_run(ids_text, quick, studies_dir, other)
+        labels = list(alternatives)
+        for row in rows:
+            apply_stability(
+                row, {label: runs.get(row.id, {}) for label, runs in alternatives.items()}
+            )
     return ReplicationResult(
         rows=rows,
         quick=quick,
         wall_time=time.perf_counter() - started,
         commit=git_commit(),
         date=date,
+        stability=labels,
     )
+
+
+def _run_all(
+    experiments: list[Experiment], quick: bool, progress: Progress | None
+) -> list[ExperimentRow]:
+    clear_cache()
+    try:
+        return [
+            _run(experiment, quick, index, len(experiments), progress)
+            for index, experiment in enumerate(experiments)
+        ]
+    finally:
+        clear_cache()
+
+
+def _claim_table(row: ExperimentRow) -> dict[str, dict[str, Any]]:
+    return {r.claim.id: {"measured": r.measured, "holds": r.holds} for r in row.claims}
+
+
+def _threads_run(experiments: list[Experiment], quick: bool) -> dict[str, dict]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = _run_all(experiments, quick, None)
+    finally:
+        torch.set_num_threads(threads)
+    return {row.id: _claim_table(row) for row in rows}
+
+
+def _vector_code() -> tuple[str | None, str | None]:
+    """(PyTorch's CPU capability here, another one to compare with), e.g. (AVX512, avx2)."""
+    try:
+        import torch
+
+        current = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return None, None
+    other = {"AVX512": "avx2", "AVX2": "default"}.get(str(current).upper())
+    return current, other
+
+
+def _isa_run(ids: list[str], quick: bool, studies_dir: str | Path | None, capability: str) -> dict:
+    """The same experiments in a child process with ATEN_CPU_CAPABILITY=``capability``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "run.json"
+        command = [sys.executable, "-m", "lradvisor.cli", "reproduce", *ids, "--json", str(out)]
+        command += ["--no-mlflow"] + (["--quick"] if quick else [])
+        if studies_dir is not None:
+            command += ["--studies", str(studies_dir)]
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if not out.exists():
+            raise LRAdvisorError(
+                f"the stability run with ATEN_CPU_CAPABILITY={capability} failed: "
+                + (done.stderr.strip().splitlines() or ["no output"])[-1]
+            )
+        data = json.loads(out.read_text())
+    return {
+        row["id"]: {
+            c["id"]: {"measured": c["measured"], "holds": c["holds"]} for c in row["claims"]
+        }
+        for row in data["experiments"]
+    }
+
+
+def apply_stability(row: ExperimentRow, runs: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Keep every run's claim values; a claim whose verdict differs between runs is unsettled."""
+    row.runs = runs
+    if not row.claims:
+        return
+    results = []
+    for result in row.claims:
+        others = [run[result.claim.id] for run in runs.values() if result.claim.id in run]
+        changed = [o for o in others if o["holds"] != result.holds]
+        if changed:
+            labels = [label for label, run in runs.items() if run.get(result.claim.id) in changed]
+            reason = (
+                f"{result.claim.id} is unstable: {MARK[result.holds]} here, "
+                + ", ".join(
+                    f"{MARK[run[result.claim.id]['holds']]} with {label}"
+                    for label, run in runs.items()
+                    if label in labels
+                )
+                + f" ({result.reason})"
+            )
+            result = ClaimResult(
+                result.claim,
+                None,
+                result.measured,
+                reason,
+                result.reading_holds,
+                result.literal_holds,
+                result.nulls,
+                result.beaten,
+                result.versus,
+            )
+        results.append(result)
+    row.claims = tuple(results)
+    counted = [r for r in results if not r.extra]
+    if counted:
+        row.verdict = verdict_of(counted)
+        if any(r.holds is not True for r in counted):
+            held = sum(r.holds is True for r in counted)
+            row.reason = "; ".join(r.reason for r in counted if r.holds is not True)
+            if held:
+                row.reason += f" ({held} of {len(counted)} claims hold)"
 
 
 def _run(
@@ -262,38 +452,69 @@ def _row(
 
 # ----------------------------------------------------------------------------- text table
 
-_PUBLISHED_WIDTH = 52
-_MEASURED_WIDTH = 36
+_PUBLISHED_WIDTH = 50
+_READING_WIDTH = 26
+_MEASURED_WIDTH = 30
+
+
+def claim_details(row: ExperimentRow, result: ClaimResult) -> list[str]:
+    """The lines under a claim: the literal reading beside a relaxed one, the nulls."""
+    lines = []
+    if result.claim.check == "correlation" and result.literal_holds is not None:
+        lines.append(
+            f"literal reading ≈ {result.claim.value:g} (± 10 %): {MARK[result.literal_holds]}"
+        )
+    if result.nulls:
+        own = format_value(result.versus if result.versus is not None else result.measured)
+        parts = [
+            f"{name} {format_value(value)} {'beaten' if result.beaten.get(name) else 'NOT beaten'}"
+            for name, value in result.nulls.items()
+        ]
+        lines.append(
+            f"nulls ({result.claim.better} is better; the prediction's {own} must miss "
+            f"≤ 1/{NULL_MARGIN:g} as much): " + ", ".join(parts)
+        )
+    if result.claim.extra:
+        lines.append(f"extra row, not in the verdict: {result.claim.extra}")
+    return lines
 
 
 def render_table(result: ReplicationResult) -> str:
     """The table `lradvisor reproduce` prints: one line per claim, a reason per experiment."""
+    from lradvisor.replication.claims import expected_text
+
     mode = QUICK_NOTE if result.quick else "full protocols"
+    runs = f"; stability runs: {', '.join(result.stability)}" if result.stability else ""
     lines = [
         f"lradvisor reproduce: {len(result.rows)} experiment(s), {mode}, "
-        f"{result.wall_time:.1f} s, commit {result.commit}",
+        f"{result.wall_time:.1f} s, commit {result.commit}{runs}",
         "",
-        f"{'exp':<5}{'name':<30}{'published claim':<{_PUBLISHED_WIDTH + 2}}"
-        f"{'measured':<{_MEASURED_WIDTH + 2}}{'verdict':<16}{'time':>7}",
+        f"{'exp':<5}{'name':<26}{'published claim':<{_PUBLISHED_WIDTH + 2}}"
+        f"{'read as':<{_READING_WIDTH + 2}}{'measured':<{_MEASURED_WIDTH + 2}}"
+        f"{'verdict':<18}{'time':>7}",
     ]
+    indent = " " * 31
     for row in result.rows:
-        claims = row.claims or ()
         first = True
-        for claim in claims:
-            published = textwrap.wrap(claim.claim.published, _PUBLISHED_WIDTH) or [""]
-            measured = textwrap.wrap(_measured(claim), _MEASURED_WIDTH) or [""]
-            for i in range(max(len(published), len(measured))):
-                head = f"{row.id:<5}{_cut(row.name, 28):<30}" if first else " " * 35
-                tail = f"{row.verdict:<16}{row.wall_time:>6.1f}s" if first else ""
+        for claim in row.claims or ():
+            published = textwrap.wrap(
+                ("+ " if claim.extra else "") + claim.claim.published, _PUBLISHED_WIDTH
+            ) or [""]
+            reading = textwrap.wrap(expected_text(claim.claim), _READING_WIDTH) or [""]
+            measured = textwrap.wrap(row.shown(claim), _MEASURED_WIDTH) or [""]
+            for i in range(max(len(published), len(reading), len(measured))):
+                head = f"{row.id:<5}{_cut(row.name, 24):<26}" if first else indent
+                tail = f"{row.verdict:<18}{row.wall_time:>6.1f}s" if first else ""
                 lines.append(
                     f"{head}{_at(published, i):<{_PUBLISHED_WIDTH + 2}}"
+                    f"{_at(reading, i):<{_READING_WIDTH + 2}}"
                     f"{_at(measured, i):<{_MEASURED_WIDTH + 2}}{tail}".rstrip()
                 )
                 first = False
-        if not claims:
-            lines.append(
-                f"{row.id:<5}{_cut(row.name, 28):<30}{'':<{_PUBLISHED_WIDTH + _MEASURED_WIDTH + 4}}{row.verdict:<16}{row.wall_time:>6.1f}s"
-            )
+            for detail in claim_details(row, claim):
+                lines += [f"{indent}  {part}" for part in textwrap.wrap(detail, 110)]
+        if not row.claims:
+            lines.append(f"{row.id:<5}{_cut(row.name, 24):<26}{row.verdict}")
         lines.append(f"{'':<5}→ {row.reason}")
     counts = ", ".join(f"{count} {verdict}" for verdict, count in result.counts().items())
     lines += ["", f"verdicts: {counts}"]

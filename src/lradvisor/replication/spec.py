@@ -20,12 +20,12 @@ from lradvisor.errors import ConfigError, LRAdvisorError
 
 CHECKS = (
     "approx",
+    "correlation",
     "greater",
     "less",
     "between",
     "increasing",
     "decreasing",
-    "constant",
     "qualitative",
 )
 _TOP_LEVEL = ("id", "name", "kind", "protocol", "quick", "claims", "notes")
@@ -35,8 +35,10 @@ _CLAIM_FIELDS = (
     "metric",
     "check",
     "value",
-    "tolerance",
-    "factor",
+    "nulls",
+    "versus",
+    "better",
+    "extra",
     "explanation",
 )
 _ID = re.compile(r"^[Ee]0*(\d+)$")
@@ -44,14 +46,18 @@ _ID = re.compile(r"^[Ee]0*(\d+)$")
 
 @dataclass(frozen=True)
 class Claim:
-    """One published claim, checked against ``Outcome.values[metric]``.
+    """One published claim, checked against ``Outcome.values[metric]`` by its check's rule.
 
-    ``value``: the number (approx, greater, less; a list for an element-wise approx), or
-    ``[low, high]`` (between). ``tolerance``: absolute slack (approx, constant, and the
-    allowed step against the trend for increasing/decreasing); ``factor`` (> 1): a
-    multiplicative tolerance instead (approx: within value/factor … value·factor;
-    constant: max/min ≤ factor). ``explanation``: why the project expects a failure, shown
-    with the verdict when the claim does not hold.
+    ``value``: the number (approx, correlation, greater, less; a list for an element-wise
+    approx), or ``[low, high]`` (between). The reading rules are fixed per check
+    (:mod:`lradvisor.replication.claims`); a claim has no tolerance of its own.
+    ``nulls``: path of a mapping {null name: the same metric for a null prediction};
+    ``versus``: path of the prediction's own value on the nulls' footing (default: ``metric``;
+    e.g. its error after the same best-in-hindsight scale the nulls get);
+    ``better``: "higher" or "lower" (which way the metric improves; required with nulls).
+    ``extra``: why this row is not part of the verdict (a deviation from the protocol, a
+    relaxed reading, beyond the paper). ``explanation``: why the project expects a
+    failure, shown with the verdict when the claim does not hold.
     """
 
     id: str
@@ -59,8 +65,10 @@ class Claim:
     metric: str
     check: str
     value: Any = None
-    tolerance: float | None = None
-    factor: float | None = None
+    nulls: str | None = None
+    versus: str | None = None
+    better: str | None = None
+    extra: str | None = None
     explanation: str | None = None
 
 
@@ -232,8 +240,10 @@ def _claim(raw: object, where: str, file: str) -> Claim:
         metric=_string(raw, "metric", file, prefix),
         check=_string(raw, "check", file, prefix),
         value=raw.get("value"),
-        tolerance=raw.get("tolerance"),
-        factor=raw.get("factor"),
+        nulls=raw.get("nulls"),
+        versus=raw.get("versus"),
+        better=raw.get("better"),
+        extra=_extra(raw.get("extra"), prefix, file),
         explanation=raw.get("explanation"),
     )
     if claim.check not in CHECKS:
@@ -242,21 +252,27 @@ def _claim(raw: object, where: str, file: str) -> Claim:
     return claim
 
 
-def _check_bounds(claim: Claim, prefix: str, file: str) -> None:
-    """The value/tolerance/factor fields each check needs, and nothing it would ignore."""
-    check, value = claim.check, claim.value
-    if claim.tolerance is not None and (not _number(claim.tolerance) or claim.tolerance < 0):
-        raise ConfigError(file, f"{prefix}tolerance", "a number ≥ 0", claim.tolerance)
-    if claim.factor is not None and (not _number(claim.factor) or claim.factor <= 1):
-        raise ConfigError(file, f"{prefix}factor", "a number > 1", claim.factor)
-    if check in ("approx", "constant") and (claim.tolerance is None) == (claim.factor is None):
+def _extra(value: object, prefix: str, file: str) -> str | None:
+    """Why a row is outside the verdict: a non-empty text, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
         raise ConfigError(
-            file, f"{prefix}tolerance", f"exactly one of tolerance or factor ({check})"
+            file, f"{prefix}extra", "a text saying why the row is not the verdict", value
         )
+    return " ".join(value.split())
+
+
+def _check_bounds(claim: Claim, prefix: str, file: str) -> None:
+    """The value/nulls fields each check needs, and nothing it would ignore."""
+    check, value = claim.check, claim.value
     if check == "approx":
         numbers = value if isinstance(value, list) else [value]
         if not numbers or not all(_number(v) for v in numbers):
             raise ConfigError(file, f"{prefix}value", "a number or a list of numbers", value)
+    elif check == "correlation":
+        if not _number(value) or not -1 < value <= 1:
+            raise ConfigError(file, f"{prefix}value", "a published correlation in (-1, 1]", value)
     elif check in ("greater", "less"):
         if not _number(value):
             raise ConfigError(file, f"{prefix}value", "a number", value)
@@ -270,7 +286,12 @@ def _check_bounds(claim: Claim, prefix: str, file: str) -> None:
             raise ConfigError(file, f"{prefix}value", "[low, high] with low < high", value)
     elif value is not None:
         raise ConfigError(file, f"{prefix}value", f"no value for a {check} check", value)
-    if check in ("greater", "less", "between", "qualitative") and claim.tolerance is not None:
-        raise ConfigError(file, f"{prefix}tolerance", f"no tolerance for a {check} check")
-    if check not in ("approx", "constant") and claim.factor is not None:
-        raise ConfigError(file, f"{prefix}factor", f"no factor for a {check} check")
+    if claim.nulls is not None:
+        if not isinstance(claim.nulls, str) or not claim.nulls:
+            raise ConfigError(file, f"{prefix}nulls", "the path of the nulls' values", claim.nulls)
+        if check in ("increasing", "decreasing", "qualitative"):
+            raise ConfigError(file, f"{prefix}nulls", f"no nulls for a {check} check")
+        if claim.better not in ("higher", "lower"):
+            raise ConfigError(file, f"{prefix}better", "higher or lower (with nulls)", claim.better)
+    elif claim.better is not None or claim.versus is not None:
+        raise ConfigError(file, f"{prefix}better", "no 'better' or 'versus' without nulls")

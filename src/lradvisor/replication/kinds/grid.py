@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lradvisor.config import ModelConfig
+from lradvisor.engine.batched import SweepResult
 from lradvisor.errors import ConfigError
 from lradvisor.replication.kinds.sweeps import (
     PROTOCOL,
@@ -22,15 +23,26 @@ from lradvisor.replication.kinds.sweeps import (
     build_config,
     deep_merge,
     drift_values,
+    fit_values,
     known_keys,
     model_mapping,
     number_list,
     require,
 )
 from lradvisor.replication.outcome import Figure, Outcome, Progress, Series
+from lradvisor.sweep import fit_table
 from lradvisor.theory import additive_interaction, fit_power_law
 
-GRID_KEYS = (*SHARED_KEYS, "grid", "contrast", "excess_law", "transition", "plot_against")
+GRID_KEYS = (
+    *SHARED_KEYS,
+    "grid",
+    "contrast",
+    "excess_law",
+    "transition",
+    "plot_against",
+    "variants",
+    "common_range",
+)
 
 
 def _hidden(raw: dict) -> list[int]:
@@ -109,6 +121,7 @@ def _grid_configs(protocol: dict, axes: list[tuple[str, list]]) -> list[tuple[tu
 class _Point:
     coords: tuple
     fit: dict[str, Any]
+    result: SweepResult | None = None
 
 
 def _nested(points: list[_Point], key: str) -> dict:
@@ -140,24 +153,66 @@ def grid_sweep(protocol: dict, *, quick: bool, progress: Progress | None) -> Out
     lrs = sorted(number_list(protocol, "lrs", float))
     seeds = number_list(protocol, "seeds", int)
     axes = _grid_axes(protocol)
-    configs = _grid_configs(protocol, axes)
-    total = sum(len(lrs) * len(seeds) * config.training.steps for _, config in configs)
+    variants = _grid_variants(protocol)
+    configs = {name: _grid_configs(over, axes) for name, over in variants.items()}
+    total = sum(
+        len(lrs) * len(seeds) * config.training.steps
+        for grid in configs.values()
+        for _, config in grid
+    )
     runner = SweepRunner(progress, total, "grid sweep")
-    points = []
+    by_variant: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
-    for coords, config in configs:
-        result = runner.sweep(config, lrs, seeds, None)
-        fit = drift_values(result)
-        points.append(_Point(coords, fit))
-        if any(fit["diverged"]):
-            where = _coords_text(axes, coords)
-            notes.append(f"{where}: {sum(fit['diverged'])} diverged trials left out of the fit")
+    figures: dict = {}
+    for name, grid in configs.items():
+        prefix = "" if name == "model" else f"{name}: "
+        points = []
+        for coords, config in grid:
+            result = runner.sweep(config, lrs, seeds, None)
+            fit = drift_values(result)
+            points.append(_Point(coords, fit, result))
+            if any(fit["diverged"]):
+                where = _coords_text(axes, coords)
+                notes.append(
+                    f"{prefix}{where}: {sum(fit['diverged'])} diverged trials left out of the fit"
+                )
+        values = _grid_values(axes, points)
+        values.update(_grid_analyses(protocol, axes, points))
+        by_variant[name] = values
+        if name == "model":
+            against = _axis_index(axes, protocol.get("plot_against", axes[0][0]), "plot_against")
+            figures = _grid_figures(axes, points, against)
+            if any(v is not None for v in values["alphas_direct"]):
+                notes.append(_direct_note(axes, points))
     notes += runner.notes()
-    values = _grid_values(axes, points)
-    values.update(_grid_analyses(protocol, axes, points))
-    against = _axis_index(axes, protocol.get("plot_against", axes[0][0]), "plot_against")
-    figures = _grid_figures(axes, points, against)
+    values = by_variant.pop("model")
+    if by_variant:
+        values["variants"] = by_variant
     return Outcome(values=values, figures=figures, notes=notes)
+
+
+def _grid_variants(protocol: dict) -> dict[str, dict]:
+    """The protocol's model ("model") and each named variant merged over it (extra rows)."""
+    variants = {"model": protocol}
+    extra = protocol.get("variants") or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(PROTOCOL, "variants", "a mapping of names to model overrides", extra)
+    for name, overrides in extra.items():
+        merged = dict(protocol)
+        merged["model"] = deep_merge(protocol["model"], overrides or {})
+        variants[str(name)] = merged
+    return variants
+
+
+def _direct_note(axes: list[tuple[str, list]], points: list[_Point]) -> str:
+    shown = ", ".join(
+        f"{_coords_text(axes, p.coords)}: {p.fit['alpha']:.3f} → {p.fit['alpha_direct']:.3f}"
+        for p in points
+        if p.fit.get("alpha_direct") is not None and p.fit.get("alpha") is not None
+    )
+    return (
+        "paper-comparable α (C(T) − C(0) summed in the run's dtype) beside the exact one: " + shown
+    )
 
 
 def _grid_values(axes: list[tuple[str, list]], points: list[_Point]) -> dict[str, Any]:
@@ -180,6 +235,11 @@ def _grid_values(axes: list[tuple[str, list]], points: list[_Point]) -> dict[str
         "r2": _nested(points, "r2"),
         "alphas": alphas,
         "r2s": [p.fit["r2"] for p in points],
+        "alphas_direct": [p.fit.get("alpha_direct") for p in points],
+        "alpha_ci_widths": [
+            None if not p.fit["alpha_ci"] else p.fit["alpha_ci"][1] - p.fit["alpha_ci"][0]
+            for p in points
+        ],
         "alpha_range": spread,
         "alpha_varies": {
             "holds": bool(spread > noise) if finite and widths else None,
@@ -204,25 +264,55 @@ def _grid_analyses(
     if "contrast" in protocol:
         values["contrast"] = _contrast(protocol["contrast"], axes, points)
     if len(axes) == 2:
-        table = np.array([[p.fit["alpha"] for p in points]], dtype=float).reshape(
-            len(axes[0][1]), len(axes[1][1])
-        )
-        widths = [p.fit["alpha_ci"][1] - p.fit["alpha_ci"][0] for p in points if p.fit["alpha_ci"]]
-        noise = float(np.mean(widths)) / 2 if widths else math.nan
-        interaction = additive_interaction(table) if np.isfinite(table).all() else math.nan
-        values["interaction_rms"] = interaction
-        values["non_additive"] = {
-            "holds": bool(interaction > noise) if np.isfinite(interaction) else None,
-            "reason": (
-                f"α's {names[0]} × {names[1]} interaction (RMS residual of the additive fit) "
-                f"{interaction:.3f} against a mean 95 % half-interval of {noise:.3f}"
-            ),
-        }
+        values.update(_interaction(axes, [p.fit for p in points], names))
+        if protocol.get("common_range"):
+            common = _common_fits(points)
+            values["common_range"] = common["range"]
+            values.update(
+                {f"{k}_common": v for k, v in _interaction(axes, common["fits"], names).items()}
+            )
     if protocol.get("excess_law"):
         values["excess_law"] = _excess_law(axes, points)
     if "transition" in protocol:
         values["transition"] = _transition(protocol["transition"], axes, points)
     return values
+
+
+def _interaction(axes: list[tuple[str, list]], fits: list[dict], names: list[str]) -> dict:
+    """Interaction of two axes in α (RMS residual of the additive fit) against the noise."""
+    table = np.array([[f["alpha"] for f in fits]], dtype=float).reshape(
+        len(axes[0][1]), len(axes[1][1])
+    )
+    widths = [f["alpha_ci"][1] - f["alpha_ci"][0] for f in fits if f["alpha_ci"]]
+    noise = float(np.mean(widths)) / 2 if widths else math.nan
+    interaction = additive_interaction(table) if np.isfinite(table).all() else math.nan
+    return {
+        "interaction_rms": interaction,
+        "non_additive": {
+            "holds": bool(interaction > noise) if np.isfinite(interaction) else None,
+            "reason": (
+                f"α's {names[0]} × {names[1]} interaction (RMS residual of the additive fit) "
+                f"{interaction:.3f} against a mean 95 % half-interval of {noise:.3f}"
+            ),
+        },
+    }
+
+
+def _common_fits(points: list[_Point]) -> dict:
+    """Every point refitted over the η range where no trial of any point diverged."""
+    lrs = np.unique(points[0].result.lrs)
+    clean = np.ones(len(lrs), dtype=bool)
+    for p in points:
+        _, flags = p.result.grid(p.result.diverged.astype(float))
+        clean &= ~(flags > 0).any(axis=1)
+    top = lrs[0]
+    for lr, ok in zip(lrs, clean, strict=True):
+        if not ok:
+            break
+        top = lr
+    window = (float(lrs[0]), float(top))
+    fits = [fit_values(fit_table(p.result, p.result.drift(0), fit_lrs=window)) for p in points]
+    return {"range": list(window), "fits": fits}
 
 
 def _axis_index(axes: list[tuple[str, list]], name: Any, field: str) -> int:
@@ -269,7 +359,8 @@ def _excess_law(axes: list[tuple[str, list]], points: list[_Point]) -> dict[str,
 
 
 def _transition(spec: dict, axes: list[tuple[str, list]], points: list[_Point]) -> dict[str, Any]:
-    """Per value of ``by``: the first value of ``axis`` (in grid order) with α > threshold."""
+    """Per value of ``by``: the first value of ``axis`` (in grid order) with α > threshold
+    (``inf`` when no value of the grid crosses it: the transition lies beyond the grid)."""
     axis = _axis_index(axes, spec.get("axis"), "transition.axis")
     group = _axis_index(axes, spec.get("by"), "transition.by")
     threshold = float(require(spec, "threshold", "the α threshold"))
@@ -282,8 +373,13 @@ def _transition(spec: dict, axes: list[tuple[str, list]], points: list[_Point]) 
             and p.fit["alpha"] is not None
             and p.fit["alpha"] > threshold
         ]
-        at.append(float(above[0]) if above else None)
-    return {"by": list(axes[group][1]), "at": at, "threshold": threshold}
+        at.append(float(above[0]) if above else math.inf)
+    return {
+        "by": list(axes[group][1]),
+        "at": at,
+        "threshold": threshold,
+        "reached": [math.isfinite(v) for v in at],
+    }
 
 
 def _grid_figures(

@@ -12,6 +12,7 @@ Protocol keys shared by both sweep kinds: ``model`` (a model file mapping, examp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,7 @@ from lradvisor.engine.batched import Observables, SweepResult, run_sweep
 from lradvisor.errors import ConfigError
 from lradvisor.records import PowerLawFit
 from lradvisor.replication.outcome import Progress, Series
-from lradvisor.sweep import fit_drift
-from lradvisor.theory import fit_power_law
+from lradvisor.sweep import FLOOR_MARGIN, direct_in_dtype, fit_table
 
 PROTOCOL = "protocol"  # the file name in errors; reproduce() puts the study file in front
 _CACHE_SIZE = 32
@@ -107,6 +107,7 @@ class SweepRunner:
         self, config: ModelConfig, lrs: list[float], seeds: list[int], observe: Observables | None
     ) -> SweepResult:
         work = len(lrs) * len(seeds) * config.training.steps
+        observe = with_end_points(observe, config.training.steps)
         key = (config.model_dump_json(exclude={"name"}), tuple(lrs), tuple(seeds), observe)
         result = _cache.get(key)
         self.reused += result is not None
@@ -125,6 +126,13 @@ class SweepRunner:
         if self.progress is not None:
             self.progress(self.done, self.total, self.label)
         return result
+
+
+def with_end_points(observe: Observables | None, steps: int) -> Observables:
+    """``observe`` plus the weights at step 0 and step T (for C summed in the run's dtype)."""
+    observe = observe or Observables()
+    points = tuple(sorted({*observe.checkpoints, 0, steps}))
+    return dataclasses.replace(observe, checkpoints=points)
 
 
 def clear_cache() -> None:
@@ -164,26 +172,19 @@ def fit_values(fit: PowerLawFit | None) -> dict[str, Any]:
     }
 
 
-def _fit_up_to(result: SweepResult, max_lr: float | None) -> PowerLawFit | None:
-    """α of law 1 over the η ≤ ``max_lr`` (all η when None)."""
-    if max_lr is None:
-        return fit_drift(result)
-    lrs, table = result.grid(np.abs(result.drift(0)))
-    keep = lrs <= max_lr
-    usable = keep & np.isfinite(table).any(axis=1)
-    return fit_power_law(lrs[keep], table[keep]) if usable.sum() >= 3 else None
-
-
 def drift_values(result: SweepResult, *, fit_max_lr: float | None = None) -> dict[str, Any]:
     """α fit and per-η summaries of one sweep (law 1 for α; the worst law for relative drift).
 
-    With ``fit_max_lr`` α is fitted over η ≤ fit_max_lr, and the fit over every η is kept
-    as ``alpha_all_lrs`` / ``r2_all_lrs``.
+    ``alpha`` is fitted over every η of the protocol (diverged trials left out of their
+    rate's mean). With ``fit_max_lr`` the fit over η ≤ fit_max_lr is kept beside it as
+    ``alpha_window`` / ``r2_window`` (a deviation from the protocol, never the verdict).
+    ``alpha_direct``: the fit of C(T) − C(0) summed in the run's dtype (the paper's way),
+    with ``rounding_floor`` (ε·(‖W_{l+1}‖² + ‖W_l‖²)) and ``near_floor`` per η.
     """
     lrs = np.unique(result.lrs)
     drift = np.stack([result.drift(law) for law in range(len(result.law_names))], axis=1)
     values: dict[str, Any] = {
-        **fit_values(_fit_up_to(result, fit_max_lr)),
+        **fit_values(fit_table(result, result.drift(0))),
         "lrs": lrs.tolist(),
         "drift": per_lr_mean(result, np.abs(drift[:, 0])),
         "relative_drift": per_lr_mean(result, relative_drift(drift, result.c_initial)),
@@ -191,13 +192,26 @@ def drift_values(result: SweepResult, *, fit_max_lr: float | None = None) -> dic
         "diverged": [int(v) for v in result.grid(result.diverged.astype(float))[1].sum(axis=1)],
         "final_loss": per_lr_mean(result, result.final_loss),
     }
+    measured = direct_in_dtype(result)
+    if measured is not None:
+        direct, floor = measured
+        direct_fit = fit_table(result, direct[:, 0])
+        values["alpha_direct"] = None if direct_fit is None else direct_fit.alpha
+        values["r2_direct"] = None if direct_fit is None else direct_fit.r2
+        values["direct_drift"] = per_lr_mean(result, np.abs(direct[:, 0]))
+        values["rounding_floor"] = per_lr_mean(result, floor[:, 0])
+        values["near_floor"] = [
+            bool(d < FLOOR_MARGIN * f) if np.isfinite(d) else None
+            for d, f in zip(values["direct_drift"], values["rounding_floor"], strict=True)
+        ]
     if fit_max_lr is not None:
-        full = fit_drift(result)
+        window = fit_table(result, result.drift(0), fit_lrs=(float(lrs.min()), fit_max_lr))
         values["fit_max_lr"] = fit_max_lr
-        values["alpha_all_lrs"] = None if full is None else full.alpha
-        values["r2_all_lrs"] = None if full is None else full.r2
+        values["alpha_window"] = None if window is None else window.alpha
+        values["r2_window"] = None if window is None else window.r2
+        values["alpha_window_ci"] = None if window is None else list(window.alpha_ci)
     if result.identity_holds:
-        # float32 rounding of the direct difference against the float64-accumulated η²·S
+        # rounding of the direct difference (float64 norms) against the float64-accumulated η²·S
         error = np.abs(result.drift_direct[:, 0] - result.drift_identity[:, 0])
         with np.errstate(divide="ignore", invalid="ignore"):
             relative = error / np.abs(result.drift_identity[:, 0])
@@ -224,6 +238,6 @@ def drift_values(result: SweepResult, *, fit_max_lr: float | None = None) -> dic
 def fit_line(lrs: list[float], fit: dict[str, Any]) -> Series | None:
     if fit.get("alpha") is None:
         return None
-    x = [min(lrs), min(max(lrs), fit.get("fit_max_lr") or math.inf)]
+    x = [min(lrs), max(lrs)]
     y = [math.exp(fit["intercept"]) * v ** fit["alpha"] for v in x]
     return Series(x, y, label=f"fit α = {fit['alpha']:.3f}", style="fit")
