@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 import torch
 
+from lradvisor.errors import LRAdvisorError
 from lradvisor.integrations._optuna_monitor import TrialMonitor
 from lradvisor.measure.monitor import ConservationMonitor
 
@@ -25,6 +26,8 @@ class DriftRecorder:
     """Drift (and, with a trial, bound and prediction) of one training run, every ``every`` steps."""
 
     def __init__(self, trial: Any, *, data: Any, loss: Any, every: int, **options: Any) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise LRAdvisorError(f"every_n_steps must be a positive integer, but got {every!r}.")
         self.trial = trial
         self.data = data
         self.loss = loss
