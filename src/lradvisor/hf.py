@@ -52,14 +52,6 @@ class ConservationCallback(TrainerCallback):
         every_n_steps: int = 50,
         **monitor_options: Any,
     ) -> None:
-        if (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise LRAdvisorError(
-                f"every_n_steps must be a positive integer, but got {every_n_steps!r}."
-            )
         self.recorder = DriftRecorder(
             trial, data=data, loss=_on_logits(loss), every=every_n_steps, **monitor_options
         )

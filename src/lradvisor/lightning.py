@@ -62,14 +62,6 @@ class ConservationCallback(pl.Callback):
         **monitor_options: Any,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise LRAdvisorError(
-                f"every_n_steps must be a positive integer, but got {every_n_steps!r}."
-            )
         self.recorder = DriftRecorder(
             trial, data=data, loss=loss, every=every_n_steps, **monitor_options
         )
