@@ -441,12 +441,12 @@ def _predict(result: SweepResult, method: str) -> tuple[SpectralPrediction | Non
             "(the default quadrature has no such limit)",
         )
     how = (
-        "Gauss quadrature of g₀'s Hessian spectral measure (Lanczos on HVPs)"
+        "by Gauss quadrature of g₀'s spectral measure (Lanczos on Hessian-vector products)"
         if method == "quadrature"
-        else "the dense Hessian"
+        else "from its dense eigendecomposition"
     )
     note = (
-        f"S(η) predicted from the Hessian at init ({how}), c_k from the initial-gradient projection"
+        f"S(η) predicted from the Hessian at init {how}, c_k from the initial-gradient projection"
     )
     if config.training.batch_size is not None:
         note += "; the prediction is full-batch, the trials mini-batch SGD"

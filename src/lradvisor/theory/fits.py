@@ -6,7 +6,6 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy import special
 
 from lradvisor.errors import LRAdvisorError
 from lradvisor.records import PowerLawFit, TauFit
@@ -149,6 +148,8 @@ def fit_power_law(
         low, high = np.nanquantile(slopes, [tail, 1 - tail])
         method = "bootstrap-seeds"
     else:
+        from scipy import special  # here, not at import: scipy.special costs ~0.2 s to load
+
         half = special.stdtrit(eta.size - 2, (1 + confidence) / 2) * line.slope_stderr
         low, high = line.slope - half, line.slope + half
         method = "t"
