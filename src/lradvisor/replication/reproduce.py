@@ -188,15 +188,29 @@ def stable_digits(values: list[Any], *, most: int = 4) -> int:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers, tuples as lists, NaN/±inf as None."""
+    """``value`` with numpy scalars as Python numbers, tuples as lists, NaN as None and ±inf
+    as the strings "inf" / "-inf" (a bound such as "beyond the grid", kept readable)."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if hasattr(value, "item") and callable(value.item):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def json_revive(value: Any) -> Any:
+    """The inverse of :func:`json_safe` for infinities ("inf" → math.inf)."""
+    if isinstance(value, dict):
+        return {k: json_revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_revive(v) for v in value]
+    if value in ("inf", "-inf"):
+        return math.inf if value == "inf" else -math.inf
     return value
 
 
