@@ -27,7 +27,7 @@ class BuildWithStudies(build_py):
             return
         target = Path(self.build_lib) / PACKAGED
         target.mkdir(parents=True, exist_ok=True)
-        files = sorted(STUDIES.glob("E*.yaml")) + [STUDIES / "README.md"]
+        files = [*sorted(STUDIES.glob("E*.yaml")), STUDIES / "README.md"]
         for path in files:
             if path.is_file():
                 shutil.copy2(path, target / path.name)

@@ -9,6 +9,7 @@ SIGTERM stop the command and its worker processes (exit 130 / 143).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -522,6 +523,18 @@ class _progress:
             self.bar.close()
 
 
+@contextlib.contextmanager
+def _environment(**defaults: str):
+    """Environment variables set (unless the user set them) for the duration of a call."""
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def _tracking_options(command: Callable) -> Callable:
     """``--tracking-uri`` and ``--no-mlflow`` for commands that log to MLflow."""
     command = click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")(command)
@@ -624,8 +637,6 @@ def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> 
     A file that is not a payload, or that the store refuses, is moved to the spool's bad/
     folder and named. Exit code 1 while payloads are still pending.
     """
-    # By hand, a slow server may take its time (a study's logging gives up after seconds).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from lradvisor.integrations.mlflow import check_tracking_uri, spool_folder, sync
 
     folder = spool_folder(spool)
@@ -633,7 +644,8 @@ def mlflow_sync(spool: Path | None, tracking_uri: str | None, as_json: bool) -> 
         raise LRAdvisorError(f"--spool {spool}: no such folder")
     if tracking_uri is not None:
         check_tracking_uri(tracking_uri)
-    with _progress("payloads") as update:
+    with _progress("payloads") as update, _environment(MLFLOW_HTTP_REQUEST_TIMEOUT="30"):
+        # by hand, a slow server may take its time (a study's logging gives up after 3 s)
         result = sync(folder, tracking_uri=tracking_uri, progress=update)
     if as_json:
         payload = {"spool": str(folder), "sent": result.sent, "pending": result.pending}
