@@ -112,6 +112,27 @@ def test_attention_model_gets_advice_instead_of_a_double_backward_crash():
     assert advice.recommended_lr > 0
 
 
+class _ResidualSiLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(36, 16)
+        self.block = nn.Sequential(nn.Linear(16, 16), nn.SiLU(), nn.Linear(16, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = nn.functional.silu(self.stem(x.flatten(1)))
+        return self.head(h + self.block(h))
+
+
+def test_residual_block_with_silu_gets_advice_and_says_no_law_applies():
+    X, y = _images()
+    advice = lradvisor.suggest(
+        _ResidualSiLU(), (X, y), nn.CrossEntropyLoss(), "momentum", batch_size=16, **SMALL
+    )
+    assert advice.recommended_lr > 0 and advice.bound["kind"] == "heavy-ball momentum"
+    assert any("SiLU" in line or "no rescaling-symmetric" in line for line in advice.does_not_apply)
+
+
 def test_regression_with_a_dataset_and_nesterov():
     generator = torch.Generator().manual_seed(0)
     X = torch.randn(80, 5, generator=generator)
