@@ -33,9 +33,11 @@ from lradvisor.errors import ConfigError, LRAdvisorError
 from lradvisor.replication.claims import (
     NULL_MARGIN,
     ClaimResult,
+    MissingMetric,
     Verdict,
     format_value,
     judge,
+    lookup,
     verdict_of,
 )
 from lradvisor.replication.kinds import KINDS, VALIDATORS, get_kind
@@ -87,10 +89,28 @@ class ExperimentRow:
         return stable_digits(self.values_across_runs(claim_id))
 
     def shown(self, result: ClaimResult) -> str:
-        """``✓ 1.161`` — the mark and the value, to the digits the runs agree on."""
-        text = f"{MARK[result.holds]} {format_value(result.measured, digits=self.digits(result.claim.id))}"
+        """``✓ 1.161 [1.151, 1.171] seeds`` — the mark and the value, to the digits the runs
+        agree on, with its spread over seeds and over the stability runs."""
+        digits = self.digits(result.claim.id)
+        text = f"{MARK[result.holds]} {format_value(result.measured, digits=digits)}"
+        seeds = self.seed_spread(result.claim)
+        if seeds is not None:
+            text += f" [{seeds[0]:.{digits}g}, {seeds[1]:.{digits}g}] seeds"
         spread = self.spread_text(result.claim.id)
         return f"{text} {spread}" if spread else text
+
+    def seed_spread(self, claim) -> list[float] | None:
+        """The claim's spread over seeds ([low, high]) when its study file names one."""
+        if claim.spread is None or self.outcome is None:
+            return None
+        try:
+            value = lookup(self.outcome.values, claim.spread)
+        except MissingMetric:
+            return None
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                return [float(value[0]), float(value[1])]
+        return None
 
     def spread_text(self, claim_id: str) -> str:
         values = self.values_across_runs(claim_id)
@@ -108,6 +128,7 @@ class ExperimentRow:
         for result in self.claims:
             entry = result.as_dict()
             entry["digits"] = self.digits(result.claim.id)
+            entry["seed_spread"] = self.seed_spread(result.claim)
             entry["runs"] = {label: run.get(result.claim.id) for label, run in self.runs.items()}
             claims.append(entry)
         return {

@@ -38,6 +38,7 @@ _CLAIM_FIELDS = (
     "nulls",
     "versus",
     "better",
+    "spread",
     "extra",
     "explanation",
 )
@@ -55,6 +56,7 @@ class Claim:
     ``versus``: path of the prediction's own value on the nulls' footing (default: ``metric``;
     e.g. its error after the same best-in-hindsight scale the nulls get);
     ``better``: "higher" or "lower" (which way the metric improves; required with nulls).
+    ``spread``: path of the measured value's spread over seeds ([low, high]), shown beside it.
     ``extra``: why this row is not part of the verdict (a deviation from the protocol, a
     relaxed reading, beyond the paper). ``explanation``: why the project expects a
     failure, shown with the verdict when the claim does not hold.
@@ -68,6 +70,7 @@ class Claim:
     nulls: str | None = None
     versus: str | None = None
     better: str | None = None
+    spread: str | None = None
     extra: str | None = None
     explanation: str | None = None
 
@@ -243,6 +246,7 @@ def _claim(raw: object, where: str, file: str) -> Claim:
         nulls=raw.get("nulls"),
         versus=raw.get("versus"),
         better=raw.get("better"),
+        spread=raw.get("spread"),
         extra=_extra(raw.get("extra"), prefix, file),
         explanation=raw.get("explanation"),
     )

@@ -104,6 +104,7 @@ def _ratios(
         closest = min(ratios, key=lambda r: abs(math.log(ratios[r] / float(target))))
         values["closest"] = ratios[closest]
         values["closest_reference"] = float(closest)
+        values["closest_seeds"] = (values.get("by_reference_seeds") or {}).get(closest)
     return values
 
 

@@ -236,6 +236,7 @@ def _grid_values(axes: list[tuple[str, list]], points: list[_Point]) -> dict[str
         "alphas": alphas,
         "r2s": [p.fit["r2"] for p in points],
         "alphas_direct": [p.fit.get("alpha_direct") for p in points],
+        "alpha_cis": [p.fit["alpha_ci"] for p in points],
         "alpha_ci_widths": [
             None if not p.fit["alpha_ci"] else p.fit["alpha_ci"][1] - p.fit["alpha_ci"][0]
             for p in points
