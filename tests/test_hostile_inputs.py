@@ -313,6 +313,7 @@ OPTIONS = [
     ("steps-zero", ["--steps", "0"], ["--steps"]),
     ("steps-text", ["--steps", "many"], ["--steps"]),
     ("law-too-big", ["--law", "9"], ["--law"]),
+    ("steps-1e20", ["--steps", str(10**20)], ["--steps", "at most"]),
     ("unknown-option", ["--bogus"], ["No such option"]),
     ("extra-argument", ["extra"], ["unexpected extra argument"]),
 ]
@@ -705,6 +706,7 @@ def test_study_values(tmp_path: Path, fields: dict, field: str) -> None:
         (["--workers", "100000"], ["workers must be at most"]),
         (["--workers", "0"], ["--workers"]),
         (["--n-trials", "0"], ["--n-trials"]),
+        (["--n-trials", str(10**12)], ["n_trials must be between"]),
         (["--study-name", "x" * 300], ["study name"]),
         (["--tracking-uri", "foo://bar"], ["MLflow has no store for 'foo://'"]),
         (["--tracking-uri", "sqlite:////proc/mlflow.db"], ["cannot create files in /proc"]),
@@ -713,6 +715,7 @@ def test_study_values(tmp_path: Path, fields: dict, field: str) -> None:
         "workers-100000",
         "workers-0",
         "n-trials-0",
+        "n-trials-1e12",
         "name-long",
         "tracking-scheme",
         "tracking-unwritable",
@@ -845,3 +848,13 @@ def test_reproduce_with_an_empty_studies_folder(tmp_path: Path) -> None:
     """An empty --studies folder is an error, not a run of zero experiments with exit 0."""
     result = run(["reproduce", "--studies", str(tmp_path), "--no-mlflow"])
     assert_one_line_error(result, str(tmp_path))
+
+
+def test_learning_rates_that_overflow_diverge_and_say_so(tmp_path: Path) -> None:
+    """Stated behaviour: rates of 1e200 … 1e300 are legal numbers; every trial diverges, is
+    marked so, and no α is fitted (exit 0, no traceback)."""
+    model = write(tmp_path / "m.yaml", TINY)
+    result = run(["sweep", "--model", str(model), "--lrs", "1e200,1e250,1e300", "--no-predict"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "not fitted" in result.stdout
+    assert result.stdout.count("1/1") == 3, "each rate's one seed diverged"

@@ -485,8 +485,10 @@ def _check_device(device: str) -> None:
 def _preflight(config, *, lrs: list | None, seeds: list | None, steps: int | None) -> None:
     """Before a sweep: refuse a grid that cannot fit in memory, warn of one that runs for
     hours (one line on stderr, with the estimate)."""
-    from lradvisor.config import check_memory, duration_warning
+    from lradvisor.config import MAX_STEPS, check_memory, duration_warning
 
+    if steps is not None and steps > MAX_STEPS:
+        raise ConfigError("<command line>", "--steps", f"at most {MAX_STEPS:.0e} steps", steps)
     trials = len(lrs or config.sweep.lrs) * len(seeds or config.sweep.seeds)
     check_memory(config, trials=trials)
     warning = duration_warning(config, trials=trials, steps=steps)

@@ -90,8 +90,12 @@ SLOW_FAILURE_SECONDS = 1.0
 #: Seconds an HTTP request to the tracking server may take (MLflow's default is 120, with
 #: 7 retries and exponential backoff: minutes per request against a server that hangs).
 REQUEST_TIMEOUT = 3
-#: Seconds the uploader waits for its sender process to answer one request.
-SENDER_TIMEOUT = 60.0
+#: Seconds the uploader waits for its sender process to answer one flush of the spool.
+SENDER_TIMEOUT = 120.0
+#: Seconds it waits for the store to open: a new local store imports MLflow and runs its
+#: schema migrations, which a busy machine can stretch to minutes; a process killed in the
+#: middle of them would leave the store half-migrated.
+WARM_TIMEOUT = 600.0
 _RANK = {"parent": 0, "run": 0, "trial": 1, "summary": 2}
 _BATCH_METRICS = 1000
 _BATCH_PARAMS = 100
@@ -657,7 +661,7 @@ class _SenderProcess:
             if answer:
                 with contextlib.suppress(ValueError):
                     return json.loads(answer)
-        self.close(wait=0.0)
+        self.close(wait=10.0)  # a child that is merely slow gets to finish what it does
         return None
 
     def close(self, wait: float = 10.0) -> None:
@@ -732,7 +736,7 @@ class _Uploader:
         while the first trial trains, not after it."""
         with self._lock:
             started = time.monotonic()
-            answer = self._child.request(warm=self.uri)
+            answer = self._child.request(warm=self.uri, timeout=WARM_TIMEOUT)
             if answer is None:
                 delivery, problem = warm(self.uri)
                 self._deliveries.update(delivery)

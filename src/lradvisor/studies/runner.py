@@ -46,7 +46,7 @@ from lradvisor.studies.objective import (
     architecture_key,
     template_parameters,
 )
-from lradvisor.studies.schema import StudySpec, check_study_memory, load_study
+from lradvisor.studies.schema import MAX_TRIALS, StudySpec, check_study_memory, load_study
 from lradvisor.studies.storage import (
     OWNER_ATTR,
     StorageSpec,
@@ -172,8 +172,8 @@ def run_study(
         )
     spec = load_study(study_file)
     target = n_trials if n_trials is not None else spec.budget.n_trials
-    if target < 1:
-        raise LRAdvisorError(f"n_trials must be at least 1, but got {target}.")
+    if not 1 <= target <= MAX_TRIALS:
+        raise LRAdvisorError(f"n_trials must be between 1 and {MAX_TRIALS:.0e}, but got {target}.")
     check_device(spec.template.training.device, file=spec.source_file)
     check_study_memory(spec, workers=workers)
     name = study_name or spec.name
