@@ -448,6 +448,8 @@ def analyse(
     task: Task, studies: dict[tuple[int, str], dict], seeds: list[int], methods: list[str]
 ) -> dict:
     fractions: dict[str, list[float]] = {m: [] for m in methods}
+    free_fractions: dict[str, list[float]] = {m: [] for m in methods}
+    free_25: dict[str, list[float]] = {m: [] for m in methods}
     bests: dict[str, dict[float, list[float]]] = {m: {b: [] for b in BUDGETS} for m in methods}
     for seed in seeds:
         reference = studies[(seed, "tpe")]
@@ -457,6 +459,11 @@ def analyse(
             fractions[method].append(steps_to_reach(study["curve"], target) / study["budget"])
             for share in BUDGETS:
                 bests[method][share].append(best_within(study["curve"], share * study["budget"]))
+            # the same study with the advice's probe not charged (advice reused across studies)
+            start = study["curve"][0][0]
+            free = [[spent - start, best] for spent, best in study["curve"]]
+            free_fractions[method].append(steps_to_reach(free, target) / study["budget"])
+            free_25[method].append(best_within(free, 0.25 * study["budget"]))
     rows = {}
     for method in methods:
         final = bests[method][1.0]
@@ -467,6 +474,8 @@ def analyse(
             **{f"median_best_{int(100 * b)}": float(np.median(bests[method][b])) for b in BUDGETS},
             "best_100_ci": bootstrap_median(final),
             "bests": {str(b): bests[method][b] for b in BUDGETS},
+            "median_fraction_advice_free": float(np.median(free_fractions[method])),
+            "median_best_25_advice_free": float(np.median(free_25[method])),
         }
 
     def lost(method: str) -> tuple[int, int, int]:
@@ -489,6 +498,12 @@ def analyse(
         verdicts["reaches_tpe_best_within_30pct"] = ours["median_fraction"] <= TARGET_FRACTION
         others = [rows[m]["median_best_25"] for m in methods if m not in MONITORED]
         verdicts["ahead_at_25pct"] = all(ours["median_best_25"] <= other for other in others)
+        verdicts["reaches_tpe_best_within_30pct_advice_free"] = (
+            ours["median_fraction_advice_free"] <= TARGET_FRACTION
+        )
+        verdicts["ahead_at_25pct_advice_free"] = all(
+            ours["median_best_25_advice_free"] <= other for other in others
+        )
     return {
         "task": task.name,
         "rows": rows,
@@ -552,6 +567,7 @@ def print_task(result: dict, advice: dict, seconds: float, methods: list[str]) -
           f"τ {advice['tau']}, probe {advice['probe_steps']} steps charged (= {advice['probe_steps'] / STEPS:.1f} trials), {seconds:.1f} s")  # fmt: skip
     print(
         f"  {'method':<18} {'best@25%':>9} {'best@50%':>9} {'best@100%':>10} {'100% CI':>17} {'to TPE best':>12} {'CI':>15}"
+        f" {'advice free: to TPE best':>25} {'best@25%':>9}"
     )
     for method in methods:
         row = result["rows"][method]
@@ -561,6 +577,7 @@ def print_task(result: dict, advice: dict, seconds: float, methods: list[str]) -
             f"  {method:<18} {_fmt(row['median_best_25']):>9} {_fmt(row['median_best_50']):>9} {_fmt(row['median_best_100']):>10} "
             f"{'[' + _fmt(ci[0]) + ', ' + _fmt(ci[1]) + ']':>17} {_fmt(row['median_fraction'], '.2f'):>12} "
             f"{'[' + _fmt(fci[0], '.2f') + ', ' + _fmt(fci[1], '.2f') + ']':>15}"
+            f" {_fmt(row['median_fraction_advice_free'], '.2f'):>25} {_fmt(row['median_best_25_advice_free']):>9}"
         )
     for method, lost in result["lost_bests"].items():
         print(
@@ -668,6 +685,12 @@ def _report(tasks, seeds, methods, advices, studies, budget_trials, args, starte
             r["verdicts"].get("no_worse_than_median", False) for r in results
         ),
         "tasks_ahead_at_25pct": sum(r["verdicts"].get("ahead_at_25pct", False) for r in results),
+        "tasks_within_30pct_advice_free": sum(
+            r["verdicts"].get("reaches_tpe_best_within_30pct_advice_free", False) for r in results
+        ),
+        "tasks_ahead_at_25pct_advice_free": sum(
+            r["verdicts"].get("ahead_at_25pct_advice_free", False) for r in results
+        ),
         "lradvisor_own_checks_lost_bests": sum(
             r["lost_bests"].get("lradvisor", {}).get("own_checks", 0) for r in results
         ),
