@@ -15,7 +15,7 @@ For every model file in the suite:
 * regret = the method's mean final loss / the grid's best mean loss, for training and
   validation loss; a recommendation where any seed diverges has regret inf and is flagged;
 * 2/λ_max(θ₀), the full-batch stability bound at seed 0's initialisation (Lanczos on exact
-  Hessian-vector products), to place the best rate relative to it (THEORY.md §6, §8).
+  Hessian-vector products), to place the best rate relative to it (docs/theory.md §6, §8).
 
 ``advise`` runs in a spawned process with a time limit and an address-space cap, so advice
 that raises, hangs or runs out of memory is recorded as an error for that config (and fails

@@ -4,7 +4,7 @@ What a researcher writes to reproduce the paper's headline number, with no lradv
 10 learning rates × 5 seeds, each trial its own nn.Sequential + torch.optim.SGD loop of
 2000 full-batch steps in float32, the conservation law C = ‖W₂‖² − ‖W₁‖² read before and
 after in float32 (the direct drift, as the paper measured it), α the least-squares slope of
-ln(mean drift over seeds) against ln η. Same model, init and data order as THEORY.md §3.
+ln(mean drift over seeds) against ln η. Same model, init and data order as docs/theory.md §3.
 
     python benchmarks/research_e5_sweep.py          # prints α and R², and the wall time
 """

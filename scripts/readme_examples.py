@@ -196,10 +196,10 @@ def study_digits(scratch: Path) -> str:
 
 #: The study run's metrics in the README, in this order, each with what it is read with.
 PARENT_METRICS = (
-    ("alpha_fitted", "[{alpha_ci_low:.3f}, {alpha_ci_high:.3f}], R² {alpha_r2:.3f}"),
+    ("alpha_fitted", "95% CI [{alpha_ci_low:.3f}, {alpha_ci_high:.3f}], R² {alpha_r2:.3f}"),
     (
         "alpha_fitted_below_half_bound",
-        "[{alpha_below_half_bound_ci_low:.3f}, {alpha_below_half_bound_ci_high:.3f}]",
+        "95% CI [{alpha_below_half_bound_ci_low:.3f}, {alpha_below_half_bound_ci_high:.3f}]",
     ),
     ("alpha_predicted", ""),
     ("drift_correlation", ""),

@@ -1,4 +1,4 @@
-"""ConservationMonitor: the exact η²·S identity (THEORY.md §2), its limits, and its manners."""
+"""ConservationMonitor: the exact η²·S identity (docs/theory.md §2), its limits, and its manners."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``lradvisor.theory`` stays numpy + scipy only (THEORY.md is checked against it in isolation)."""
+"""``lradvisor.theory`` stays numpy + scipy only (docs/theory.md is checked against it in isolation)."""
 
 from __future__ import annotations
 

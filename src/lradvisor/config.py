@@ -157,7 +157,7 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     """Where the training data come from.
 
-    ``gaussian_mixture`` is the paper's protocol (THEORY.md §3); ``sklearn`` one of
+    ``gaussian_mixture`` is the paper's protocol (docs/theory.md §3); ``sklearn`` one of
     scikit-learn's bundled sets; ``file`` a user ``.npz`` (arrays ``X``, ``y``) or ``.csv``
     (last column = integer class label).
     """

@@ -1,4 +1,4 @@
-"""Out-of-sample prediction of S(η) from the Hessian at initialisation (THEORY.md §4).
+"""Out-of-sample prediction of S(η) from the Hessian at initialisation (docs/theory.md §4).
 
 For each seed, c_k ∝ (g₀·v_k)² over the modes with λ_k > 0, normalised to |δ_l(0)| for each
 law l, then S_l(η) = Σ_k c_k (1 − ρ_k^{2T}) / (ηλ_k(2 − ηλ_k)); the seeds' predictions are

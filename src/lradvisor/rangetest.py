@@ -5,7 +5,7 @@ weights as the batched engine) with the learning rate growing exponentially from
 ``start_lr`` to ``end_lr``; the loss of every iteration's batch is smoothed, the run stops
 when the smoothed loss exceeds ``diverge_th`` times the best one, and the suggested rate is
 the point of steepest descent of the smoothed loss curve. It is the peer lradvisor's advice
-is benchmarked against (THEORY.md §8).
+is benchmarked against (docs/theory.md §8).
 
 .. math::
 

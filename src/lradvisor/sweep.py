@@ -5,7 +5,7 @@ The CLI only parses arguments and renders what :func:`run` returns.
 Two drifts can be fitted (``drift``):
 
 * ``"exact"`` (default): η²·S with S the per-step gradient imbalance summed in float64 — the
-  identity C(T) − C(0) = η²·S holds exactly for plain (S)GD (THEORY.md §2); for momentum,
+  identity C(T) − C(0) = η²·S holds exactly for plain (S)GD (docs/theory.md §2); for momentum,
   Adam or weight decay the direct difference from float64 norms of the weights.
 * ``"direct"``: C(T) − C(0) with C read from the weights *in the run's dtype* at step 0 and
   step T, as the paper measured it. In float32 this difference carries the rounding of C

@@ -38,9 +38,9 @@ class Observables:
     """Extra per-trial measurements for probes, taken on the loss-history grid only.
 
     ``concentration``: mean over samples of 1 − q_i, q_i the softmax probability of the
-    correct class (CE only; the Hessian compresses as it falls, THEORY.md §5).
+    correct class (CE only; the Hessian compresses as it falls, docs/theory.md §5).
     ``switch_rate``: fraction of (hidden unit, sample) activation states that flip between a
-    recorded step and the next, on a fixed evaluation subset (THEORY.md §6).
+    recorded step and the next, on a fixed evaluation subset (docs/theory.md §6).
     ``checkpoints``: steps at which every trial's weights are copied (for λ_max(t)).
     """
 

@@ -1,6 +1,6 @@
 """Data sets for trials: the paper's Gaussian mixture, scikit-learn's bundled sets, user files.
 
-The Gaussian mixture follows the published protocol bit for bit (THEORY.md §3): it is drawn
+The Gaussian mixture follows the published protocol bit for bit (docs/theory.md §3): it is drawn
 from torch's global generator *after* the model has been built from the same seed, so the
 data differ per seed. Every other source is loaded once and shared by all seeds.
 """

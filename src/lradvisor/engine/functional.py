@@ -16,7 +16,7 @@ the per-unit imbalance of the batched gradients is summed in float64 every step,
     \\delta_j = \\lVert G_B[:, j] \\rVert^2 - \\lVert G_A[j, :] \\rVert^2 - g_{b_A}[j]^2 ,
 
 and C_j is read from the weights at the start and the end, so plain SGD gives
-C_j(T) − C_j(0) = η² S_j to round-off (THEORY.md §2).
+C_j(T) − C_j(0) = η² S_j to round-off (docs/theory.md §2).
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ def prediction_pairs(trials: Iterable[FrozenTrial]) -> list[tuple[float, float, 
     """``(lr, observed, predicted)`` summed over laws at each trial's last step.
 
     Finished trials below their stability bound only (lr < 2/λ_max(θ₀)): beyond it the
-    spectral formula is the diverging quadratic model and predicts nothing (THEORY.md §6).
+    spectral formula is the diverging quadratic model and predicts nothing (docs/theory.md §6).
     """
     pairs = []
     for trial in trials:

@@ -1,6 +1,6 @@
 """Find the rescaling-symmetric ``Linear → activation → Linear`` pairs of a torch model.
 
-A pair (A, B) carries the conservation law of THEORY.md §1 when A's outputs reach B, and
+A pair (A, B) carries the conservation law of docs/theory.md §1 when A's outputs reach B, and
 nothing else, through positively 1-homogeneous maps (ReLU, LeakyReLU, PReLU, identity,
 dropout): scaling hidden unit j's row of W_A (and b_A[j]) by a > 0 and column j of W_B by
 1/a then leaves the network function unchanged, so

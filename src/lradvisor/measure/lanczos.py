@@ -1,4 +1,4 @@
-"""Top Hessian eigenpairs of any ``nn.Module`` without forming the Hessian (THEORY.md §4–5).
+"""Top Hessian eigenpairs of any ``nn.Module`` without forming the Hessian (docs/theory.md §4–5).
 
 A full Hessian costs O(P²) memory; here the curvature is only ever touched through
 matrix-vector products, and the top eigenpairs come from Lanczos with full
@@ -413,7 +413,7 @@ def preconditioned_sharpness(
     parameter-group order.
 
     .. note::
-        Experimental, no THEORY.md section backs it. Cohen et al. (2022) find this
+        Experimental, no docs/theory.md section backs it. Cohen et al. (2022) find this
         "preconditioned sharpness" hovering at the Adam stability threshold
         :math:`(2 + 2\beta_1)/(1 - \beta_1)` (38 for :math:`\beta_1 = 0.9`), the
         adaptive analogue of 2/η; the bias correction of the first moment is ignored.

@@ -33,7 +33,7 @@ def unit_balance(
         out_weight: W_{l+1}, shape ``(..., k, m)`` (``torch.nn.Linear`` layout).
         in_weight: W_l, shape ``(..., m, fan_in)``.
         in_bias: b_l, shape ``(..., m)``, or None for a bias-free layer.
-        dtype: accumulation dtype (float64 by default, THEORY.md §2 "float32 round-off").
+        dtype: accumulation dtype (float64 by default, docs/theory.md §2 "float32 round-off").
 
     Returns:
         Tensor of shape ``(..., m)`` in ``dtype``. Summing over the last axis gives the

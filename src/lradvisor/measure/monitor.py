@@ -1,6 +1,6 @@
 """Watch the conservation laws of a model while it trains, from the gradients it already has.
 
-For plain gradient descent ``W ← W − η_t G`` every law of THEORY.md §1 obeys the exact
+For plain gradient descent ``W ← W − η_t G`` every law of docs/theory.md §1 obeys the exact
 drift identity of §2, per hidden unit j:
 
 .. math::

@@ -2,7 +2,7 @@
 
 A validation of the spectral formula means little if a prediction without the formula's
 ingredients scores as well (a sorted-spectrum correlation is 0.93–0.97 even for unrelated
-spectra, THEORY.md §8). Each null below keeps all but one ingredient:
+spectra, docs/theory.md §8). Each null below keeps all but one ingredient:
 
 * ``no_hessian``: S ∝ 1/η, no Hessian at all (the converged-mode limit of the formula);
 * ``constant_spectrum``: every eigenvalue replaced by one constant, the c-weighted mean

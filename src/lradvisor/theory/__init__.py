@@ -1,4 +1,4 @@
-"""The spectral theory of conservation-law breaking, in numpy and scipy only (THEORY.md).
+"""The spectral theory of conservation-law breaking, in numpy and scipy only (docs/theory.md).
 
 Nothing here imports torch, Optuna or MLflow: this is the part a reader checks against the
 paper, and it is testable in milliseconds.

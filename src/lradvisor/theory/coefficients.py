@@ -1,4 +1,4 @@
-"""Mode coefficients c_k of the spectral formula, from initialisation only (THEORY.md §4)."""
+"""Mode coefficients c_k of the spectral formula, from initialisation only (docs/theory.md §4)."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def spectrum_correlation(a: np.ndarray, b: np.ndarray, *, matched: bool = False)
         matched: compare mode by mode (the stronger test) instead of after sorting.
 
     .. note::
-        ``matched=False`` is the paper's metric (THEORY.md §4). Sorting makes both
+        ``matched=False`` is the paper's metric (docs/theory.md §4). Sorting makes both
         sequences monotone, which alone pushes R towards 1: two *independent* spectra of
         10–50 exponential or log-normal draws score a median R ≈ 0.93–0.97 after sorting
         (and ≈ 0 matched). Read the sorted R only next to the matched one.

@@ -107,7 +107,7 @@ def fit_power_law(
         \\overline{|D|}(\\eta_i) = \\frac{1}{|F_i|} \\sum_{s \\in F_i} |D_{i s}|
 
     with η_i = ``etas[i]``, D_is = ``drifts[i, s]`` and F_i the seeds whose drift at η_i is
-    finite (THEORY.md §3, the published procedure).
+    finite (docs/theory.md §3, the published procedure).
 
     Args:
         etas: learning rates > 0, shape ``(n_eta,)``.
@@ -171,7 +171,7 @@ def fit_tau(etas: np.ndarray, taus: np.ndarray) -> TauFit:
 
         \\tau(\\eta) \\approx \\frac{a}{\\eta} + b
 
-    with η = ``etas`` (> 0) and τ = ``taus`` (THEORY.md §5).
+    with η = ``etas`` (> 0) and τ = ``taus`` (docs/theory.md §5).
 
     .. note::
         Pairs whose τ is not finite (no decay was measured, see
@@ -223,7 +223,7 @@ def e_folding_time(steps: np.ndarray, values: np.ndarray) -> float:
         τ_e in steps; ``inf`` when the series never falls that far.
 
     .. note::
-        THEORY.md §5 defines the compression timescale as the steps for a decay by a factor e.
+        docs/theory.md §5 defines the compression timescale as the steps for a decay by a factor e.
         Unlike a log-linear fit over a fixed window, τ_e does not assume a single exponential:
         1 − q̄(t) decays more like a power of t once the data are separated, and a window fit
         then measures the window rather than the rate.
@@ -256,7 +256,7 @@ def fit_width_law(widths: np.ndarray, lambda_max: np.ndarray) -> tuple[float, fl
     ``(coefficient, exponent, r2)``.
 
     .. note::
-        THEORY.md §6 only says λ_max at initialisation depends on width; the power-law form
+        docs/theory.md §6 only says λ_max at initialisation depends on width; the power-law form
         is a heuristic for interpolating between measured widths, not a result of the paper.
     """
     m = _checks.positive_array("widths", widths, ndim=1)

@@ -1,4 +1,4 @@
-"""The spectral crossover formula for the gradient imbalance sum S(η) (THEORY.md §3, §4, §6).
+"""The spectral crossover formula for the gradient imbalance sum S(η) (docs/theory.md §3, §4, §6).
 
 Every mode k contributes c_k times a geometric sum of ρ_k² = (1 − ηλ_k)² over the T steps.
 All sums are evaluated through ``y = ln ρ²`` with ``log1p``/``expm1``, so they stay accurate
@@ -96,7 +96,7 @@ def gradient_imbalance_sum(
         199.99998
 
     .. note::
-        THEORY.md §4 states the closed form; the code evaluates the geometric sum itself,
+        docs/theory.md §4 states the closed form; the code evaluates the geometric sum itself,
         which equals it wherever both are defined and takes the limit c_k·T where the closed
         form is 0/0 (ηλ_k = 0 and ηλ_k = 2). For finite T the term therefore does **not**
         diverge as ηλ_k → 2 from below: it returns to c_k·T, and only grows (as |ρ_k|^{2T})
@@ -167,7 +167,7 @@ def crossover_rates(eigenvalues: np.ndarray, *, steps: int) -> np.ndarray:
         \\eta_k^* = \\frac{1}{\\lambda_k T}
 
     with λ_k = ``eigenvalues`` and T = ``steps``. Below η_k* the mode contributes α = 2,
-    well above it α ≈ 1 (THEORY.md §4).
+    well above it α ≈ 1 (docs/theory.md §4).
 
     Returns:
         η_k*, same shape as ``eigenvalues``; ``inf`` where λ_k ≤ 0 (the mode never converges).
@@ -192,7 +192,7 @@ def eos_learning_rate(lambda_max: float) -> float:
     with λ_max = ``lambda_max``, the largest Hessian eigenvalue (> 0).
 
     .. note::
-        THEORY.md §8: for full-batch GD with cross-entropy the best constant rate was found
+        docs/theory.md §8: for full-batch GD with cross-entropy the best constant rate was found
         above this bound (the Hessian compresses during training), and for mini-batch SGD
         far below it. This is the bound at the point where λ_max was measured, not advice.
     """

@@ -66,7 +66,7 @@ _GRADIENT_CHUNK = 256
 
 
 def _first_principles(data: Dataset, weights: list[torch.Tensor]) -> np.ndarray:
-    """c_k ∝ ‖e_k(0)‖² λ_{x,k}² of a 2-layer linear net with MSE (THEORY.md §4)."""
+    """c_k ∝ ‖e_k(0)‖² λ_{x,k}² of a 2-layer linear net with MSE (docs/theory.md §4)."""
     X = data.X.to(torch.float64)
     target = torch.nn.functional.one_hot(data.y, data.classes).to(torch.float64)
     covariance = X.T @ X / X.shape[0]

@@ -2,7 +2,7 @@
 
 The (η, seed) sweep measures S(η) from init over T steps; a run at ``train_lr`` gives the
 weights θ_t at each of ``hessian_steps``. From the exact Hessian and gradient at θ_t:
-c_k ∝ (g_t·v_k)² over λ_k > 0, normalised to |δ(t)|, and S_pred(η) by THEORY.md §4 with T
+c_k ∝ (g_t·v_k)² over λ_k > 0, normalised to |δ(t)|, and S_pred(η) by docs/theory.md §4 with T
 steps, averaged over seeds.
 
 * **R**: Pearson correlation of ln S_pred and ln S over the η below 2/λ_max(θ_t) (S spans

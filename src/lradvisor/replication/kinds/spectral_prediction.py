@@ -1,8 +1,8 @@
 """E8 ``spectral_prediction``: S(η) predicted from the Hessian at init against the measurement.
 
 * **S(η)**: the gradient imbalance sum of law C1, |Σ_t δ(t)| from the engine's float64
-  accumulator, averaged over seeds (THEORY.md §2).
-* **Predicted S(η)**: THEORY.md §4 with λ_k, v_k the exact Hessian eigenpairs at init
+  accumulator, averaged over seeds (docs/theory.md §2).
+* **Predicted S(η)**: docs/theory.md §4 with λ_k, v_k the exact Hessian eigenpairs at init
   (λ_k > 0) and c_k ∝ (g₀·v_k)² normalised to |δ(0)|, averaged over seeds.
 * **Prediction error**: median over η of |S_pred − S| / S, counted only below the EoS bound
   2/λ_max of every seed (where the quadratic model is stable).

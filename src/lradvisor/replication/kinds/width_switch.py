@@ -140,7 +140,7 @@ def width_switch_rate(protocol: dict, *, quick: bool, progress: Progress | None)
     series: list[Series] = []
     notes = [
         "switch rate averaged over the run and the seeds; exponent p of rate ∝ m^p fitted on "
-        "log–log axes (THEORY.md §6: ≈ −1/2 below the EoS, ≈ 0 at it)"
+        "log–log axes (docs/theory.md §6: ≈ −1/2 below the EoS, ≈ 0 at it)"
     ]
     for name, overrides in protocol.get("variants", {"default": {}}).items():
         values[name], variant_series, variant_notes = _switch_by_width(
