@@ -1,9 +1,9 @@
 """The MLflow sender process of :class:`lradvisor.integrations.mlflow.MLflowCallback`.
 
 Reads one JSON request per line on stdin and answers one JSON line on stdout:
-``{"warm": uri}`` opens the store (answer ``{}``, or ``{"error": why}``); ``{"spool": folder}``
-sends what the spool holds (answer: the :class:`~lradvisor.integrations.mlflow.SyncResult`
-fields). Clients and run ids are kept between requests. Ends when stdin closes; Ctrl-C in
+``{"warm": uri}`` opens the store (answer ``{}``, or ``{"error": why, "timed_out": …}``);
+``{"spool": folder}`` sends what the spool holds (answer: the
+:class:`~lradvisor.integrations.mlflow.SyncResult` fields). Clients and run ids are kept between requests. Ends when stdin closes; Ctrl-C in
 the terminal is for the parent, which closes stdin when it stops.
 
 Started isolated by :func:`lradvisor.integrations.mlflow.sender_command`.
@@ -25,9 +25,9 @@ def main() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         if "warm" in request:
-            opened, problem = warm(request["warm"])
+            opened, problem, timed_out = warm(request["warm"])
             deliveries.update(opened)
-            answer: dict = {} if problem is None else {"error": problem}
+            answer: dict = {} if problem is None else {"error": problem, "timed_out": timed_out}
         else:
             answer = asdict(sync(request["spool"], _deliveries=deliveries))
         sys.stdout.write(json.dumps(answer) + "\n")

@@ -27,7 +27,7 @@ again by its tags, a half-sent trial run is deleted and sent again whole, so a r
 duplicates runs or metric points.
 
 A slow or broken server costs a study seconds, not minutes: every HTTP request gives up
-after :data:`REQUEST_TIMEOUT` seconds without retries, and after a failure that took time
+after :data:`REQUEST_TIMEOUT` seconds without retries, and after a request that timed out
 (a server that accepts requests and never answers) the uploader stops trying (a circuit
 breaker) for :data:`RETRY_SECONDS`; a server that refuses at once is simply retried after
 the next trial. What was not sent waits in the spool. A payload that is malformed or that the store refuses (a foreign or truncated file)
@@ -83,10 +83,8 @@ DEFAULT_SPOOL = Path("runs") / "mlflow-spool"
 SPOOL_ENV = "LRADVISOR_MLFLOW_SPOOL"
 #: Where malformed or refused payloads go, inside the spool.
 QUARANTINE = "bad"
-#: After a slow failure, the uploader leaves the server alone this long (circuit breaker).
+#: After a request timed out, the uploader leaves the server alone this long (the breaker).
 RETRY_SECONDS = 30.0
-#: A failed flush that took longer than this opened the breaker (a timeout, not a refusal).
-SLOW_FAILURE_SECONDS = 1.0
 #: Seconds an HTTP request to the tracking server may take (MLflow's default is 120, with
 #: 7 retries and exponential backoff: minutes per request against a server that hangs).
 REQUEST_TIMEOUT = 3
@@ -268,12 +266,14 @@ def _claimed(path: Path):
 
 @dataclass
 class SyncResult:
-    """What one flush of the spool did (``quarantined``: payload files moved to ``bad/``)."""
+    """What one flush of the spool did (``quarantined``: payload files moved to ``bad/``;
+    ``timed_out``: the store stopped answering, rather than refusing)."""
 
     sent: int = 0
     pending: int = 0
     errors: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -515,6 +515,18 @@ def _quarantine(path: Path, reason: str, result: SyncResult) -> None:
     result.errors.append(f"{path.name}: {reason}; moved to {target.parent}")
 
 
+def _timed_out(exc: BaseException | None) -> bool:
+    """True when a request got no answer in time (somewhere in the exception's chain)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower():
+            return True
+        if type(exc).__name__ in ("Timeout", "ReadTimeout", "ConnectTimeout", "ReadTimeoutError"):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _refused(exc: BaseException) -> bool:
     """True when the store refused this payload (its fault), not when the store failed."""
     if isinstance(exc, (KeyError, TypeError, ValueError, AttributeError)):
@@ -581,6 +593,7 @@ def sync(
                     _quarantine(path, f"refused by {uri}: {type(exc).__name__}: {message}", result)
                     continue
                 deliveries.pop(uri, None)  # cached run ids may be stale after an outage
+                result.timed_out = result.timed_out or _timed_out(exc)
                 if isinstance(exc, ConnectionError):  # the probe's own words
                     down[uri] = message
                 else:
@@ -735,19 +748,17 @@ class _Uploader:
         """Import MLflow and open the store (a new local store creates its tables: seconds)
         while the first trial trains, not after it."""
         with self._lock:
-            started = time.monotonic()
             answer = self._child.request(warm=self.uri, timeout=WARM_TIMEOUT)
             if answer is None:
-                delivery, problem = warm(self.uri)
+                delivery, problem, slow = warm(self.uri)
                 self._deliveries.update(delivery)
             else:
-                problem = answer.get("error")
-            if problem:  # a slow failure here would repeat in the first flush: wait first
-                self._failed(problem, time.monotonic() - started)
+                problem, slow = answer.get("error"), bool(answer.get("timed_out"))
+            if problem:  # a timeout here would repeat in the first flush: wait first
+                self._failed(problem, slow=slow)
 
-    def _failed(self, reason: str, cost: float) -> None:
-        """Say once that the server is away; open the breaker if the failure was slow."""
-        slow = cost > SLOW_FAILURE_SECONDS
+    def _failed(self, reason: str, *, slow: bool) -> None:
+        """Say once that the server is away; open the breaker if a request timed out."""
         self._retry_at = time.monotonic() + (RETRY_SECONDS if slow else 0.0)
         if self._offline is None:
             when = f"after {RETRY_SECONDS:.0f} s" if slow else "after each trial"
@@ -783,7 +794,6 @@ class _Uploader:
         return SyncResult(**answer)
 
     def _flush(self) -> SyncResult:
-        started = time.monotonic()
         result = self._send()
         if result.quarantined:
             self.warn(
@@ -792,7 +802,7 @@ class _Uploader:
                 f"({_quarantine_reason(result)})"
             )
         if result.pending and result.errors:
-            self._failed(result.errors[-1], time.monotonic() - started)
+            self._failed(result.errors[-1], slow=result.timed_out)
         elif self._offline is not None and not result.pending:
             self.warn(f"MLflow reachable again: sent {result.sent} kept payload(s)")
             self._offline = None
@@ -810,19 +820,19 @@ def _quarantine_reason(result: SyncResult) -> str:
     return reasons[0].split(": ", 1)[-1] if reasons else "malformed"
 
 
-def warm(uri: str) -> tuple[dict[str, _Delivery], str | None]:
+def warm(uri: str) -> tuple[dict[str, _Delivery], str | None, bool]:
     """Open the store at ``uri`` once (a new local store creates its tables):
-    ({uri: client}, None), or ({}, why not)."""
+    ({uri: client}, None, False), or ({}, why not, whether a request timed out)."""
     try:
         delivery = _Delivery(uri)
         problem = delivery.reachable()
         if problem is None:
             delivery.client.search_experiments(max_results=1)
-            return {uri: delivery}, None
+            return {uri: delivery}, None, False
+        return {}, problem, "timed out" in problem
     except Exception as exc:  # any failure is reported, and retried later
         text = str(exc).splitlines()[0][:200] if str(exc) else ""
-        problem = f"{uri}: {type(exc).__name__}: {text}"
-    return {}, problem
+        return {}, f"{uri}: {type(exc).__name__}: {text}", _timed_out(exc)
 
 
 def _stderr(message: str) -> None:
