@@ -530,6 +530,19 @@ def _expanded_size(
     return memo[id(node)]
 
 
+def _check_nesting(text: str) -> None:
+    """Refuse deep nesting from the event stream, before PyYAML's recursive composer meets it
+    (a few thousand brackets would exhaust Python's recursion limit, slowly)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise _TooLarge(f"nesting deeper than {MAX_YAML_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def _quoted(key: object) -> str:
     return shorten(key, 60)
 
@@ -539,6 +552,7 @@ def read_yaml(path: str | Path) -> object:
     file = str(path)
     text = _decode(read_bytes(path, what="YAML file"), file)
     try:
+        _check_nesting(text)
         return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
