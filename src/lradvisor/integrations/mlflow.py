@@ -288,30 +288,32 @@ class _Delivery:
             os.environ.setdefault(name, value)
         for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # table creation
             logging.getLogger(name).setLevel(logging.WARNING)
-        from mlflow import MlflowClient
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self._experiments: dict[str, str] = {}
         self._parents: dict[tuple[str, str], str] = {}
-        self._open_local_store()
+        self.client = self._open(tracking_uri)
 
-    def _open_local_store(self) -> None:
-        """A new SQLite store creates and migrates its tables on first use; two processes
-        doing that together leave it half-migrated. Serialised with a lock next to it."""
+    @staticmethod
+    def _open(uri: str):
+        """The client, its store opened. A new SQLite store creates and migrates its tables
+        when the client is constructed (MLflow 3 opens the store in ``MlflowClient()``); two
+        processes doing that together leave it half-migrated, so a local store is opened
+        under a lock next to it."""
+        from mlflow import MlflowClient
+
         prefix = "sqlite:///"
-        if not self.uri.startswith(prefix):
-            return
-        database = Path(self.uri[len(prefix) :])
-        if database.name in ("", ":memory:"):
-            return
+        database = Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+        if database is None or database.name in ("", ":memory:"):
+            return MlflowClient(tracking_uri=uri)
         database.parent.mkdir(parents=True, exist_ok=True)
         with open(database.with_name(database.name + ".init.lock"), "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                self.client.search_experiments(max_results=1)
+                client = MlflowClient(tracking_uri=uri)
+                client.search_experiments(max_results=1)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+        return client
 
     def reachable(self) -> str | None:
         """None when the store answers; else why not (HTTP servers only are probed)."""
