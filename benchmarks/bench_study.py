@@ -52,7 +52,7 @@ import platform
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -651,8 +651,31 @@ def _run(
                         budget_trials,
                         args.grace_factor,
                     )
-        studies = {key: future.result() for key, future in jobs.items()}
+        studies = _collect(jobs, advices, args)
     return advices, studies
+
+
+def _collect(jobs: dict, advices: dict, args) -> dict:
+    """Every study's result, with a progress line per study on stderr and, with --json, the
+    raw results so far rewritten every ten studies (a killed run can be --reanalysed)."""
+    started = time.perf_counter()
+    keys = {future: key for key, future in jobs.items()}
+    studies: dict = {}
+    for done, future in enumerate(as_completed(keys), start=1):
+        studies[keys[future]] = future.result()
+        elapsed = time.perf_counter() - started
+        print(
+            f"  [{done}/{len(jobs)}] {'/'.join(map(str, keys[future]))}  {elapsed:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if args.json and (done % 10 == 0 or done == len(jobs)):
+            raw = {
+                "advices": advices,
+                "studies": {"|".join(map(str, k)): v for k, v in studies.items()},
+            }
+            _write(args.json, raw)
+    return {key: studies[key] for key in jobs}
 
 
 def _key(text: str) -> list:

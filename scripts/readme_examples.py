@@ -3,7 +3,8 @@
 
     python scripts/readme_examples.py --list               # the examples and their cost
     python scripts/readme_examples.py --write [ID ...]     # run them, rewrite their blocks
-    python scripts/readme_examples.py --check [ID ...]     # run them, compare (CI; exit 1)
+    python scripts/readme_examples.py --check [ID ...]     # run them, compare (exit 1)
+    python scripts/readme_examples.py --check --max-seconds 60   # the quick ones (CI)
     python scripts/readme_examples.py --print ID ...       # run them, print the blocks
 
 A README code block is an example when the line right before its opening fence is
@@ -13,7 +14,9 @@ few commands and files in a scratch folder). ``--check`` compares the structure 
 the example's relative tolerance, after masking what differs between runs by nature:
 wall times, commits, temporary folders. Examples marked ``check=False`` are measurements
 (benchmarks) that ``--write`` can refresh but CI does not rerun. ``--check`` without IDs
-runs every checked example: about ten minutes on two cores.
+runs every checked example: about ten minutes on two cores; CI checks those estimated at
+a minute or less (``--max-seconds 60``), and the longer ones (the digits study, MLflow
+offline, the full replication) are checked by hand before a release with ``--check``.
 """
 
 from __future__ import annotations
@@ -411,6 +414,12 @@ def main() -> int:
     mode.add_argument("--check", action="store_true", help="rerun and compare (exit 1 on drift)")
     mode.add_argument("--print", action="store_true", help="rerun and print, README untouched")
     parser.add_argument("ids", nargs="*", help="examples (default: all; --check: all checked)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="without IDs: only the examples estimated to take at most this long (CI)",
+    )
     args = parser.parse_args()
 
     text = README.read_text()
@@ -427,6 +436,11 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown example(s): {', '.join(unknown)}; see --list")
     chosen = args.ids or [i for i, e in EXAMPLES.items() if e.check or args.write]
+    if args.max_seconds is not None and not args.ids:
+        longer = [i for i in chosen if EXAMPLES[i].seconds > args.max_seconds]
+        if longer:
+            print(f"left out, estimated over {args.max_seconds:g} s: {', '.join(longer)}")
+        chosen = [i for i in chosen if i not in longer]
     if args.print and not args.ids:
         parser.error("--print needs the IDs to run")
     missing = [i for i in chosen if i not in marked]

@@ -11,7 +11,9 @@ from lradvisor.config import ModelConfig, parse_config
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
-    torch.set_num_threads(2)
+    """Two threads; one per worker when pytest-xdist runs workers side by side (2 cores)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, 2 // workers))
 
 
 @pytest.fixture

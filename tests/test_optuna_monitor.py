@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import json
 import math
 
@@ -125,14 +126,17 @@ def test_the_bound_follows_the_optimizer(template, data, eos_lr, options, kind, 
     study = optuna.create_study()
     trial = study.ask()
     model = copy.deepcopy(template)
-    with pytest.warns(UserWarning, match="breaks the η²·S identity"):
+    with warnings.catch_warnings():  # said once per trial in its attrs, not as a warning
+        warnings.simplefilter("error")
         monitor = TrialMonitor(
             trial, model, torch.optim.SGD(model.parameters(), lr=0.1, **options), data=data
         )
     lam = 2.0 / eos_lr
     expected = factor / lam if factor else 3.0 / (lam + 0.1)
     assert monitor.bound_ == pytest.approx(expected, rel=1e-3)
-    assert _attrs(study)["lradvisor.bound_kind"] == kind
+    attrs = _attrs(study)
+    assert attrs["lradvisor.bound_kind"] == kind
+    assert attrs["lradvisor.identity_holds"] is False  # momentum / weight decay break η²·S
 
 
 def test_adam_has_no_bound_and_no_prediction_but_its_drift_is_measured(template, data):
