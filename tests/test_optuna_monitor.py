@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-import warnings
 import json
 import math
+import warnings
 
 import optuna
 import pytest

@@ -331,7 +331,7 @@ def _grace_study(pruner: ConservationPruner, lr: float) -> tuple[optuna.Study, o
 
 def test_no_grace_below_the_bound():
     median = MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    study, late = _grace_study(ConservationPruner(median, tau=(10.0, 5.0)), lr=0.5)
+    _study, late = _grace_study(ConservationPruner(median, tau=(10.0, 5.0)), lr=0.5)
     late.set_user_attr("lradvisor.bound", 1.0)  # η below it
     late.report(5.0, 20)
     assert late.should_prune()
