@@ -144,7 +144,7 @@ def test_adam_has_no_bound_and_no_prediction_but_its_drift_is_measured(template,
     trial = study.ask()
     model = copy.deepcopy(template)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    monitor = TrialMonitor(trial, model, optimizer, data=data)
+    monitor = TrialMonitor(trial, model, optimizer, data=data, write_every=1)
     _train(model, optimizer, monitor, data, steps=3)
     attrs = _attrs(study)
     assert attrs["lradvisor.bound"] is None and attrs["lradvisor.bound_kind"].startswith(
@@ -179,7 +179,7 @@ def test_prediction_is_exact_after_one_full_batch_step(template, data):
 def test_prediction_grows_like_t_while_no_mode_has_converged(template, data):
     # η λ T ≪ 1: every mode is unconverged, S(t) = Σ c_k t = |δ(0)| t (docs/theory.md §4).
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
-    _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 1e-5)
+    _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 1e-5, write_every=1)
     _train(model, optimizer, monitor, data, steps=1)
     first = _attrs(study)["lradvisor.drift_predicted"]
     _train(model, optimizer, monitor, data, steps=9, report_every=9, first_step=1)
@@ -311,11 +311,50 @@ def test_each_report_writes_a_bounded_amount_and_the_history_comes_back_whole(te
 
     monitor.trial.set_user_attr = counting
     _train(model, optimizer, monitor, data, steps=100)
+    monitor.flush()  # reports 98–100 wait for the next write (every 4th report by default)
     history = monitor.drift_history
     assert [entry[0] for entry in history] == list(range(100))
     assert max(writes) < 2000  # one chunk of 16 entries at most, never the whole history
     recent = json.loads(_attrs(study)["lradvisor.drift_recent"])
     assert [entry[0] for entry in recent] == list(range(92, 100))
+
+
+def test_reports_are_written_at_powers_of_two_and_every_fourth_and_at_a_prune_or_finish(
+    template, data
+):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 0.01)
+    _train(model, optimizer, monitor, data, steps=7)  # reports 1–7
+    assert _attrs(study)["lradvisor.steps_observed"] == 4  # written at reports 1, 2 and 4
+    assert [entry[0] for entry in _history(study)] == [0, 1, 2, 3]
+    monitor.finish()
+    assert _attrs(study)["lradvisor.steps_observed"] == 7
+    assert [entry[0] for entry in _history(study)] == list(range(7))
+
+    pruned = optuna.create_study(pruner=_PruneAtThree())
+    _trial, model, optimizer, monitor = _monitored_trial(pruned, template, data, 0.01)
+    with pytest.raises(optuna.TrialPruned):
+        _train(model, optimizer, monitor, data, steps=3, first_step=1)  # pruned at report 3
+    assert _attrs(pruned)["lradvisor.steps_observed"] == 3  # not a cadence write: the prune's
+
+
+def test_during_the_pruners_grace_period_every_report_is_written(template, data, eos_lr):
+    # CE at twice the bound: grace = 10·(τ_a/η + τ_b) steps, read from steps_observed
+    study = optuna.create_study(pruner=ConservationPruner(tau=(0.01, 5.0)))
+    _trial, model, optimizer, monitor = _monitored_trial(study, template, data, 2 * eos_lr)
+    _train(model, optimizer, monitor, data, steps=6)
+    assert _attrs(study)["lradvisor.steps_observed"] == 6
+
+
+class _PruneAtThree(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return trial.last_step is not None and trial.last_step >= 3
+
+
+def _history(study):
+    from lradvisor.integrations import _attrs as attrs
+
+    return attrs.drift_history(study.trials[0].user_attrs)
 
 
 def test_finish_writes_the_final_drift(template, data):

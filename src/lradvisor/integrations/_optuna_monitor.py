@@ -74,6 +74,10 @@ class TrialMonitor:
         seed: seed of the subsample, of Lanczos' start vector and of the dropout mask.
         width: the trial's width, when the study searches it: the study's width law then
             predicts λ_max(θ₀) for new widths once three are measured.
+        write_every: the drift numbers go to storage at reports 1, 2, 4, 8, … and every
+            ``write_every``-th (one transaction each on an RDB storage), and always at a
+            prune and at :meth:`finish`; at every report when the pruner's drift check needs
+            them. 1 writes every report.
 
     Attributes:
         lr_: the learning rate at construction (the largest over parameter groups).
@@ -105,6 +109,7 @@ class TrialMonitor:
         lanczos_iterations: int = 40,
         seed: int = 0,
         width: int | None = None,
+        write_every: int = 4,
     ) -> None:
         if max_rows < 1:
             raise LRAdvisorError(f"max_rows must be at least 1, but got {max_rows}.")
@@ -127,6 +132,14 @@ class TrialMonitor:
         self.lr_ = _learning_rate(optimizer)
         self.diverged_ = False
         self._reports = 0
+        self._written: dict[str, Any] = {}
+        if isinstance(write_every, bool) or not isinstance(write_every, int) or write_every < 1:
+            raise LRAdvisorError(
+                f"write_every must be a positive integer, but got {write_every!r}."
+            )
+        self._write_every = write_every
+        self._pending: dict[str, Any] = {}
+        self._grace: float | None = None  # the pruner's grace period, read at the first report
         self._chunk: list[list[Any]] = []
         self._recent: list[list[Any]] = []
         self._delta0: dict[str, float | None] = {}
@@ -176,8 +189,7 @@ class TrialMonitor:
         }
         if width is not None:
             values[_attrs.WIDTH] = width
-        for key, value in values.items():
-            self._set(key, value)
+        self._set_many(values)
 
     # ------------------------------------------------------------------------ per step
 
@@ -206,6 +218,7 @@ class TrialMonitor:
         numbers = self.record(step)
         self.trial.report(value, step)
         if self.trial.should_prune():
+            self.flush()
             self._record_foreign_prune("base_pruner", {"step": step, "value": value})
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
         return numbers
@@ -222,20 +235,48 @@ class TrialMonitor:
         numbers[f"{_attrs.DRIFT_HISTORY}.{(self._reports - 1) // _attrs.CHUNK}"] = self._chunk
         if len(self._chunk) == _attrs.CHUNK:
             self._chunk = []
-        for key, item in numbers.items():
-            self._set(key, item)
+        self._pending.update(numbers)
+        n = self._reports  # written at reports 1, 2, 4, 8, … and every write_every-th
+        if n & (n - 1) == 0 or n % self._write_every == 0 or self._needs_every_report():
+            self.flush()
         return numbers
+
+    def flush(self) -> None:
+        """Write the drift numbers of the reports not yet written (``report`` writes reports
+        1, 2, 4, 8, … and every ``write_every``-th; a prune, :meth:`finish` and the end of the monitor
+        write the rest; a monitor dropped without :meth:`finish` may leave the last
+        ``write_every − 1`` reports' numbers unwritten)."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._set_many(pending)
+
+    def _needs_every_report(self) -> bool:
+        """The pruner's opt-in drift check reads the recent drift at every report, and its
+        grace period the steps observed until the grace is over."""
+        pruner = self.trial.study.pruner
+        if getattr(pruner, "_drift_factor", None) is not None:
+            return True
+        if self._grace is None:
+            self._grace = 0.0
+            if isinstance(pruner, ConservationPruner):
+                frozen = self.trial.study._storage.get_trial(self.trial._trial_id)
+                self._grace = pruner.grace_steps(self.trial.study, frozen)
+        written = self._written.get(_attrs.STEPS_OBSERVED)
+        return self._grace > 0 and (written if isinstance(written, int) else 0) < self._grace
 
     def finish(self) -> dict[str, dict[str, float | None]]:
         """Write the drift after the last step (``lradvisor.final_drift`` and its prediction)."""
         observed, predicted = self._per_law()
-        self._set(_attrs.FINAL_DRIFT, observed)
-        self._set(_attrs.FINAL_PREDICTED_DRIFT, predicted or {})
+        self._pending.update(
+            {_attrs.FINAL_DRIFT: observed, _attrs.FINAL_PREDICTED_DRIFT: predicted or {}}
+        )
+        self.flush()
         return {"observed": observed, "predicted": predicted or {}}
 
     def _diverge(self, step: int, value: float) -> None:
         self.diverged_ = True
-        self._set(_attrs.DIVERGED, True)
+        self._pending[_attrs.DIVERGED] = True
+        self.flush()
         self.trial.report(value, step)
         self.trial.should_prune()
         self._record_foreign_prune(
@@ -337,10 +378,20 @@ class TrialMonitor:
         )
 
     def _set(self, key: str, value: Any) -> None:
-        self.trial.set_user_attr(key, _attrs.encode(value))
+        self._set_many({key: value})
+
+    def _set_many(self, values: dict[str, Any]) -> None:
+        """Write the values that changed since this monitor last wrote them, in one storage
+        transaction where the storage allows (see :func:`_attrs.set_many`)."""
+        encoded = {key: _attrs.encode(value) for key, value in values.items()}
+        changed = {k: v for k, v in encoded.items() if self._written.get(k, _UNSET) != v}
+        _attrs.set_many(self.trial, changed)
+        self._written.update(changed)
 
 
 # ---------------------------------------------------------------------------- helpers
+
+_UNSET = object()
 
 
 def optimizer_bound(

@@ -19,6 +19,7 @@ instead (and :attr:`Discovery.notes` says so).
 from __future__ import annotations
 
 import operator
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -185,8 +186,37 @@ def discover_pairs(model: nn.Module) -> Discovery:
     return _discover_fx(model, graph)
 
 
+_TRACE_LOCK = threading.Lock()
+
+
 class _LinearLeafTracer(fx.Tracer):
-    """Keeps every ``nn.Linear`` (subclasses included) and known activation a leaf."""
+    """Keeps every ``nn.Linear`` (subclasses included) and known activation a leaf.
+
+    Thread-safe beside training: ``torch.fx`` patches ``nn.Module.__call__`` and
+    ``__getattr__`` for the whole process while it traces, so another thread's forward pass
+    (Optuna's ``n_jobs``) would land in this tracer and fail; calls from other threads go
+    straight to the module, and traces run one at a time.
+    """
+
+    _thread: int | None = None
+
+    def trace(self, root, concrete_args=None):  # type: ignore[override]
+        with _TRACE_LOCK:
+            self._thread = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._thread = None
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[override]
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):  # type: ignore[override]
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if isinstance(module, (nn.Linear, *_HOMOGENEOUS_MODULES)):

@@ -133,6 +133,7 @@ class ConservationMonitor:
         self._optimizer_notes = self._check_optimizer()
         self._laws = [self._build_law(pair) for pair in self.discovery.pairs]
         self._squares = _SquareSums()
+        self._plans: dict[tuple[int, ...], _TotalsPlan] = {}
         self.steps = 0
         self._optimizer_steps = 0
         self._history: list[tuple[int, list[torch.Tensor], list[torch.Tensor]]] = []
@@ -170,8 +171,10 @@ class ConservationMonitor:
             group_indices=(),
             c_initial=torch.empty(0),
             c_initial_bias_free=None,
-            identity_sum=torch.zeros(
-                in_layer.weight.shape[0], dtype=torch.float64, device=in_layer.weight.device
+            identity_sum=torch.zeros(  # one total when no per-unit arrays are reported
+                in_layer.weight.shape[0] if self.per_unit else 1,
+                dtype=torch.float64,
+                device=in_layer.weight.device,
             ),
         )
         law.group_indices = self._group_indices(law)
@@ -216,6 +219,9 @@ class ConservationMonitor:
         groups = None if self.optimizer is None else self.optimizer.param_groups
         live = [law for law in self._laws if not law.broken]
         rates = [self._rate(law, groups) for law in live]
+        if not self.per_unit:
+            self._observe_totals(live, rates)
+            return
         sums = self._squares.compute(
             [law for law, rate in zip(live, rates, strict=True) if rate is not None]
         )
@@ -229,6 +235,26 @@ class ConservationMonitor:
                 law.identity_sum.add_(delta * rate.to(delta) ** 2)
             else:
                 law.identity_sum.add_(delta, alpha=rate * rate)
+        if self.optimizer is not None and self._optimizer_steps != self.steps:
+            self._optimizer_steps = -1
+        self.steps += 1
+
+    def _observe_totals(self, live: list[_Law], rates: list) -> None:
+        """Without per-unit arrays only each law's total δ(t) = ‖G_B‖² − ‖G_A‖² − ‖g_A‖² is
+        needed: one fused norm over every gradient (``torch._foreach_norm``, accumulated in
+        the laws' δ dtype) instead of a square and reductions per parameter."""
+        laws = [law for law, rate in zip(live, rates, strict=True) if rate is not None]
+        if laws:
+            plan = self._plans.get(tuple(map(id, laws)))
+            if plan is None:
+                plan = self._plans[tuple(map(id, laws))] = _TotalsPlan(laws)
+            deltas = plan.deltas()
+            for index, law in enumerate(laws):
+                rate = rates[live.index(law)]
+                if isinstance(rate, torch.Tensor):
+                    law.identity_sum.add_(deltas[index] * rate.to(deltas) ** 2)
+                else:
+                    law.identity_sum.add_(deltas[index], alpha=rate * rate)
         if self.optimizer is not None and self._optimizer_steps != self.steps:
             self._optimizer_steps = -1
         self.steps += 1
@@ -410,6 +436,40 @@ class ConservationMonitor:
         """Remove the step-counting hook this monitor placed on the optimizer."""
         if self._unhook is not None:
             self._unhook()
+
+
+class _TotalsPlan:
+    """Which gradients one fused norm covers, and where each law's three terms sit in it."""
+
+    def __init__(self, laws: list[_Law]) -> None:
+        self.parameters: list[nn.Parameter] = []
+        slots: dict[int, int] = {}
+
+        def slot(parameter: nn.Parameter | None) -> int:
+            if parameter is None:
+                return -1  # filled below with the zero at the end
+            if id(parameter) not in slots:
+                slots[id(parameter)] = len(self.parameters)
+                self.parameters.append(parameter)
+            return slots[id(parameter)]
+
+        rows = [(slot(law.out_weight), slot(law.in_weight), slot(law.in_bias)) for law in laws]
+        zero = len(self.parameters)
+        device = laws[0].identity_sum.device
+        columns = [[zero if i < 0 else i for i in column] for column in zip(*rows, strict=True)]
+        self.out, self.into, self.bias = (
+            torch.tensor(column, dtype=torch.long, device=device) for column in columns
+        )
+        self.dtype = (
+            torch.float64
+            if any(law.delta_dtype == torch.float64 for law in laws)
+            else laws[0].delta_dtype
+        )
+
+    def deltas(self) -> torch.Tensor:
+        norms = torch._foreach_norm([_grad(p) for p in self.parameters], 2, dtype=self.dtype)
+        squares = torch.stack([*norms, norms[0].new_zeros(())]).square_()
+        return squares[self.out] - squares[self.into] - squares[self.bias]
 
 
 class _SquareSums:
