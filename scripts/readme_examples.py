@@ -15,8 +15,8 @@ the example's relative tolerance, after masking what differs between runs by nat
 wall times, commits, temporary folders. Examples marked ``check=False`` are measurements
 (benchmarks) that ``--write`` can refresh but CI does not rerun. ``--check`` without IDs
 runs every checked example: about ten minutes on two cores; CI checks those estimated at
-a minute or less (``--max-seconds 60``), and the longer ones (the digits study, MLflow
-offline, the full replication) are checked by hand before a release with ``--check``.
+a minute or less (``--max-seconds 60``: all but the full replication, which takes 10–20
+minutes and is checked by hand before a release with ``--check reproduce-all``).
 """
 
 from __future__ import annotations
@@ -342,9 +342,9 @@ EXAMPLES = {
         Example("suggest-residual", "suggest: your own model", suggest_residual, 20),
         Example("factory-error", "suggest: your own model", factory_error, 5),
         Example("existing-study-diff", "Optuna", existing_study_diff, 1, tolerance=0.0),
-        Example("study-digits", "lradvisor study run", study_digits, 120),
+        Example("study-digits", "lradvisor study run", study_digits, 40),
         Example("mlflow-study-run", "MLflow", mlflow_study_run, 60),
-        Example("mlflow-offline", "MLflow", mlflow_offline, 90),
+        Example("mlflow-offline", "MLflow", mlflow_offline, 60),
         Example("reproduce-all", "Reproducing the paper", reproduce_all, 300),
         Example("bench-real-advice", "How good the advice is", bench_real_advice, 300, check=False),
     )
