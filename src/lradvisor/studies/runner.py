@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -552,8 +553,17 @@ def _run_processes(jobs: list[_Job], bar: _Bar) -> list[str]:
             )
             for index, job in enumerate(jobs)
         ]
-        for process in processes:
-            process.start()
+        # Started with SIGINT ignored, which a child keeps through exec and Python's start
+        # (it installs its Ctrl-C handler only over the default): a Ctrl-C that reaches the
+        # group while a worker still imports torch prints no traceback there.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
     try:
         while any(process.is_alive() for process in processes):
             bar.refresh()
