@@ -250,7 +250,9 @@ def test_parent_run_shows_alpha_and_the_quality_of_the_drift_prediction(
         shown = _number(row.inner_text())
         assert shown == pytest.approx(logged.parent_metrics[key], rel=1e-9), key
     for number in logged.trials.values():  # the child runs are linked from the parent
-        assert page.get_by_role("link", name=f"trial {number}", exact=True).count() == 1
+        link = page.get_by_role("link", name=f"trial {number}", exact=True)
+        link.first.wait_for()  # the child-run list renders after the metrics on a busy machine
+        assert link.count() == 1
     # The metrics table is a 500 px scroll box and the drift numbers come last: let the
     # table and the boxes around it (up to the page's scroller) grow, so that the picture
     # shows every metric. Styles only; what the table holds is MLflow's.
