@@ -217,20 +217,11 @@ class ConservationMonitor:
         if self.track_every is not None and self.steps % self.track_every == 0:
             self._record()
         groups = None if self.optimizer is None else self.optimizer.param_groups
-        live = [law for law in self._laws if not law.broken]
-        rates = [self._rate(law, groups) for law in live]
-        if not self.per_unit:
-            self._observe_totals(live, rates)
-            return
-        sums = self._squares.compute(
-            [law for law, rate in zip(live, rates, strict=True) if rate is not None]
-        )
-        for law, rate in zip(live, rates, strict=True):
-            if rate is None:
-                continue
-            delta = sums[id(law.out_weight), -2] - sums[id(law.in_weight), -1]
-            if law.in_bias is not None:
-                delta = delta - sums[id(law.in_bias), None]
+        rates = {id(law): self._rate(law, groups) for law in self._laws if not law.broken}
+        active = [(law, rates[id(law)]) for law in self._laws if rates.get(id(law)) is not None]
+        laws = [law for law, _ in active]
+        deltas = self._per_unit_deltas(laws) if self.per_unit else self._total_deltas(laws)
+        for (law, rate), delta in zip(active, deltas, strict=True):
             if isinstance(rate, torch.Tensor):
                 law.identity_sum.add_(delta * rate.to(delta) ** 2)
             else:
@@ -239,25 +230,28 @@ class ConservationMonitor:
             self._optimizer_steps = -1
         self.steps += 1
 
-    def _observe_totals(self, live: list[_Law], rates: list) -> None:
+    def _per_unit_deltas(self, laws: list[_Law]) -> list[torch.Tensor]:
+        """δ(t) per hidden unit of each law, from one square per parameter."""
+        sums = self._squares.compute(laws)
+        deltas = []
+        for law in laws:
+            delta = sums[id(law.out_weight), -2] - sums[id(law.in_weight), -1]
+            if law.in_bias is not None:
+                delta = delta - sums[id(law.in_bias), None]
+            deltas.append(delta)
+        return deltas
+
+    def _total_deltas(self, laws: list[_Law]) -> torch.Tensor | list:
         """Without per-unit arrays only each law's total δ(t) = ‖G_B‖² − ‖G_A‖² − ‖g_A‖² is
         needed: one fused norm over every gradient (``torch._foreach_norm``, accumulated in
         the laws' δ dtype) instead of a square and reductions per parameter."""
-        laws = [law for law, rate in zip(live, rates, strict=True) if rate is not None]
-        if laws:
-            plan = self._plans.get(tuple(map(id, laws)))
-            if plan is None:
-                plan = self._plans[tuple(map(id, laws))] = _TotalsPlan(laws)
-            deltas = plan.deltas()
-            for index, law in enumerate(laws):
-                rate = rates[live.index(law)]
-                if isinstance(rate, torch.Tensor):
-                    law.identity_sum.add_(deltas[index] * rate.to(deltas) ** 2)
-                else:
-                    law.identity_sum.add_(deltas[index], alpha=rate * rate)
-        if self.optimizer is not None and self._optimizer_steps != self.steps:
-            self._optimizer_steps = -1
-        self.steps += 1
+        if not laws:
+            return []
+        key = tuple(map(id, laws))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _TotalsPlan(laws)
+        return plan.deltas()
 
     def _rate(self, law: _Law, groups: list[dict] | None) -> float | torch.Tensor | None:
         if groups is None:
