@@ -54,6 +54,7 @@ def _objective(trial: optuna.Trial) -> float:
 
 def _study(storage=None, **kw) -> optuna.Study:
     pruner = ConservationPruner(optuna.pruners.MedianPruner(n_startup_trials=2))
+    kw.setdefault("sampler", optuna.samplers.TPESampler(seed=0))  # the same rates every run
     study = optuna.create_study(storage=storage, pruner=pruner, **kw)
     study.enqueue_trial({"lr": 250.0})  # far beyond the bound: pruned before training
     return study
