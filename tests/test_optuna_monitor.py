@@ -218,6 +218,23 @@ def test_a_second_trial_of_the_configuration_reuses_the_curvature(template, data
     assert third.lambda_max_ != first.lambda_max_
 
 
+def test_the_worker_cache_dies_with_its_storage(template, data):
+    """A freed storage's cache must go: a new storage can get the freed one's id(), and its
+    study would then read another study's λ_max (a flaky test once did)."""
+    import gc
+
+    from lradvisor.integrations import _curvature
+
+    study = optuna.create_study()
+    _monitored_trial(study, template, data, 0.1)
+    storage = study._storage
+    assert any(key[0] == study._study_id for key in _curvature._MEMORY[storage])
+    count = len(_curvature._MEMORY)
+    del study, storage
+    gc.collect()
+    assert len(_curvature._MEMORY) == count - 1
+
+
 def test_should_prune_before_training_far_beyond_the_bound_costs_no_step(template, data, eos_lr):
     study = optuna.create_study(pruner=ConservationPruner())
     trial, model, _optimizer, monitor = _monitored_trial(study, template, data, 20 * eos_lr)

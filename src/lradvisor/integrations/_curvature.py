@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,7 +31,10 @@ from lradvisor.integrations import _attrs
 __all__ = ["Curvature", "configuration_key", "curvature_for", "measure", "width_law_error"]
 
 WIDTH_CHECK_EVERY = 3
-_MEMORY: dict[tuple[int, int, str], Curvature] = {}  # (storage, study, configuration)
+# storage → {(study id, configuration): Curvature}. Keyed by the storage object itself, held
+# weakly: an id() of a freed storage can be reused by a new one, whose study would then read
+# another study's λ (a test saw it).
+_MEMORY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -95,13 +99,14 @@ def curvature_for(
     """
     key = configuration_key(model, inputs, loss_name, modes > 0)
     study = trial.study
-    memory_key = (id(study._storage), study._study_id, key)
-    if memory_key in _MEMORY:
-        return _MEMORY[memory_key]
+    memory = _memory_of(study._storage)
+    memory_key = (study._study_id, key)
+    if memory_key in memory:
+        return memory[memory_key]
     stored = study.user_attrs.get(f"{_attrs.STUDY_CURVATURE}.{key}")
     if isinstance(stored, str):
         curvature = Curvature.from_json(stored, "cached in the study")
-        _MEMORY[memory_key] = curvature
+        memory[memory_key] = curvature
         return curvature
     predicted = _width_prediction(study, width) if width is not None and modes == 0 else None
     if predicted is not None and not predicted[1]:
@@ -115,9 +120,17 @@ def curvature_for(
             _record_width(
                 study, width, curvature.lambda_max, None if predicted is None else predicted[0]
             )
-    _MEMORY[memory_key] = replace(curvature, source=f"cached in this worker ({curvature.source})")
+    memory[memory_key] = replace(curvature, source=f"cached in this worker ({curvature.source})")
     study.set_user_attr(f"{_attrs.STUDY_CURVATURE}.{key}", curvature.as_json())
     return curvature
+
+
+def _memory_of(storage) -> dict[tuple[int, str], Curvature]:
+    """This worker's cache for one storage (a throwaway dict if it cannot be weakly keyed)."""
+    try:
+        return _MEMORY.setdefault(storage, {})
+    except TypeError:
+        return {}
 
 
 def measure(
