@@ -23,9 +23,11 @@ Methods (all TPE with the study seed):
 ``wilcoxon``          + ``WilcoxonPruner(p_threshold=0.1)`` (Optuna's)
 ``prior``             ``TheoryPriorSampler.from_advice(advice)`` for the first 10 trials, no pruning
 ``lradvisor``         prior + ``TrialMonitor`` + ``ConservationPruner.from_advice(advice, median)``,
-                      defaults (prior follows the bound per width where width is searched)
+                      defaults (prior follows the bound per width where width is searched;
+                      the median's prunes of trials that could still win are refused)
 ``lradvisor-notau``   the same without the compression-time grace period (ablation)
 ``lradvisor-nowidth`` the same without the width-dependent prior (ablation, width tasks)
+``lradvisor-nocontender`` the same without the contender rule (ablation)
 ====================  =====================================================================
 
 The advice is ``lradvisor.suggest`` once per task on the template model (one probe seed,
@@ -79,9 +81,12 @@ METHODS = (
     "lradvisor",
     "lradvisor-notau",
     "lradvisor-nowidth",
+    "lradvisor-nocontender",
 )
-ADVISED = frozenset({"prior", "lradvisor", "lradvisor-notau", "lradvisor-nowidth"})
-MONITORED = frozenset({"lradvisor", "lradvisor-notau", "lradvisor-nowidth"})
+MONITORED = frozenset(
+    {"lradvisor", "lradvisor-notau", "lradvisor-nowidth", "lradvisor-nocontender"}
+)
+ADVISED = MONITORED | {"prior"}
 RETRAINED = MONITORED | {"median"}  # pruned trials retrained to the end, to count lost bests
 OWN_CHECKS = frozenset({"beyond_stability_bound", "diverged", "drift_off_prediction"})
 GRACE_FACTOR = 10.0
@@ -185,8 +190,10 @@ def train(
     *,
     trial: optuna.Trial | None = None,
     monitored: bool = False,
+    curve: dict[int, float] | None = None,
 ) -> tuple[float, int]:
-    """(final validation loss, steps trained); with ``trial``, reports and may raise TrialPruned."""
+    """(final validation loss, steps trained); with ``trial``, reports and may raise TrialPruned;
+    with ``curve``, the validation loss at every report step is stored in it."""
     X, y, X_val, y_val = dataset(task.data)
     torch.manual_seed(seed)
     width = params.get("width", task.reference_width)
@@ -205,8 +212,11 @@ def train(
     steps = 0
     try:
         for step in range(STEPS):
-            if trial is not None and step % REPORT_EVERY == 0 and step:
+            if step % REPORT_EVERY == 0 and step and (trial is not None or curve is not None):
                 value = validation_loss(model, X_val, y_val)
+                if curve is not None:
+                    curve[step] = value
+            if trial is not None and step % REPORT_EVERY == 0 and step:
                 trial.set_user_attr("bench.steps", step)
                 if monitor is not None:
                     monitor.report(value, step)
@@ -284,9 +294,10 @@ def _pruner(
     from lradvisor.optuna import ConservationPruner
 
     tau = (advice or {}).get("tau") or {}
-    if method == "lradvisor-notau" or tau.get("a") is None:
-        return ConservationPruner(median)
-    return ConservationPruner(median, tau=(tau["a"], tau["b"]), grace_factor=grace_factor)
+    options: dict[str, Any] = {"protect_contenders": method != "lradvisor-nocontender"}
+    if method != "lradvisor-notau" and tau.get("a") is not None:
+        options.update(tau=(tau["a"], tau["b"]), grace_factor=grace_factor)
+    return ConservationPruner(median, **options)
 
 
 def run_study(
@@ -328,6 +339,8 @@ def run_study(
                     "steps": steps,
                     "params": params,
                     "reason": frozen.user_attrs.get("lradvisor.prune_reason", method),
+                    "values": dict(frozen.intermediate_values),
+                    "refused": _refused(frozen),
                     "prior": bool(frozen.user_attrs.get("lradvisor.prior", False)),
                 }
             )
@@ -343,6 +356,8 @@ def run_study(
                 "steps": steps,
                 "params": params,
                 "reason": None,
+                "values": dict(study.trials[-1].intermediate_values),
+                "refused": _refused(study.trials[-1]),
                 "prior": bool(study.trials[-1].user_attrs.get("lradvisor.prior", False)),
             }
         )
@@ -351,8 +366,12 @@ def run_study(
     if method in RETRAINED:  # retrain every pruned trial to the end: would it have been the best?
         for record in records:
             if record["state"] == "PRUNED":
+                record["values_if_trained"] = {}
                 record["value_if_trained"], _ = train(
-                    task, record["params"], trial_seed(seed, record["number"])
+                    task,
+                    record["params"],
+                    trial_seed(seed, record["number"]),
+                    curve=record["values_if_trained"],
                 )
                 record["would_be_best"] = bool(record["value_if_trained"] < best)
     return {
@@ -364,6 +383,12 @@ def run_study(
         "budget": budget,
         "cpu_s": cpu,
     }
+
+
+def _refused(frozen: optuna.trial.FrozenTrial) -> int:
+    """How many of the base pruner's prunes the contender rule refused in this trial."""
+    refused = frozen.user_attrs.get("lradvisor.prune_refused")
+    return int(json.loads(refused)["count"]) if refused else 0
 
 
 def curve(records: list[dict], start: int) -> list[list[float]]:
@@ -478,14 +503,14 @@ def analyse(
             "median_best_25_advice_free": float(np.median(free_25[method])),
         }
 
-    def lost(method: str) -> tuple[int, int, int]:
-        """(prunes, prunes of a would-be best by lradvisor's own checks, … by the base pruner)."""
-        pruned = [
-            r for s in seeds for r in studies[(s, method)]["trials"] if r["state"] == "PRUNED"
-        ]
+    def lost(method: str) -> tuple[int, int, int, int]:
+        """(prunes, prunes of a would-be best by lradvisor's own checks, … by the base pruner,
+        trials in which the contender rule refused a prune)."""
+        trials = [r for s in seeds for r in studies[(s, method)]["trials"]]
+        pruned = [r for r in trials if r["state"] == "PRUNED"]
         own = [r for r in pruned if r.get("would_be_best") and r["reason"] in OWN_CHECKS]
         base = [r for r in pruned if r.get("would_be_best") and r["reason"] not in OWN_CHECKS]
-        return len(pruned), len(own), len(base)
+        return len(pruned), len(own), len(base), sum(r.get("refused", 0) > 0 for r in trials)
 
     losses = {m: lost(m) for m in methods if m in RETRAINED}
     ours, median = rows.get("lradvisor"), rows.get("median")
@@ -508,7 +533,8 @@ def analyse(
         "task": task.name,
         "rows": rows,
         "lost_bests": {
-            m: {"pruned": v[0], "own_checks": v[1], "base_pruner": v[2]} for m, v in losses.items()
+            m: {"pruned": v[0], "own_checks": v[1], "base_pruner": v[2], "refused_in": v[3]}
+            for m, v in losses.items()
         },
         "verdicts": verdicts,
     }
@@ -583,6 +609,11 @@ def print_task(result: dict, advice: dict, seconds: float, methods: list[str]) -
         print(
             f"  {method}: {lost['pruned']} trials pruned; would-be bests among them: "
             f"{lost['own_checks']} by lradvisor's own checks, {lost['base_pruner']} by the median rule"
+            + (
+                f"; median prunes refused in {lost['refused_in']} trials"
+                if lost["refused_in"]
+                else ""
+            )
         )
     for name, ok in result["verdicts"].items():
         print(f"  {'PASS' if ok else 'FAIL'} {name}")

@@ -220,7 +220,12 @@ def test_base_median_pruner_still_prunes():
     frozen = _finish(study, worse, worse.should_prune())
     assert frozen.state == TrialState.PRUNED
     assert frozen.user_attrs["lradvisor.prune_reason"] == "base_pruner"
-    assert _detail(frozen) == {"pruner": "MedianPruner", "step": 0}
+    detail = _detail(frozen)
+    assert {k: detail[k] for k in ("pruner", "step")} == {"pruner": "MedianPruner", "step": 0}
+    # the contender rule looked and found it hopeless: best 1.0, the completed trials
+    # gained nothing after step 0, so 5.0 cannot get below 1.0
+    assert detail["contender"]["could_win"] is False
+    assert detail["contender"]["reachable"] == 5.0
 
 
 def test_without_base_nothing_else_prunes():
@@ -370,6 +375,96 @@ def test_the_study_can_carry_tau_for_every_worker():
     assert not late.should_prune()
 
 
+def _contender_study(
+    gains: tuple[float, ...], direction: str = "minimize", **options
+) -> optuna.Study:
+    """Completed trials reporting at steps 10 and 20, each ending ``gain`` better than its
+    step-10 value; the largest gainer ends at 1.0 (the best), the others at 1.2 (negated
+    when maximising)."""
+    median = MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = optuna.create_study(direction=direction, pruner=ConservationPruner(median, **options))
+    sign = 1.0 if direction == "minimize" else -1.0
+    for gain in gains:
+        trial = study.ask()
+        final = 1.0 if gain == max(gains) else 1.2
+        trial.report(sign * (final + gain), 10)
+        trial.report(sign * (final + gain / 2), 20)
+        study.tell(trial, sign * final)
+    return study
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_trial_that_could_still_win_is_not_pruned_by_the_base(direction):
+    # completed trials gained up to 3.0 after step 10: a trial at 3.5 could still reach 0.5 < 1.0
+    study = _contender_study((3.0, 0.2), direction)
+    sign = 1.0 if direction == "minimize" else -1.0
+    slow = study.ask()
+    slow.report(sign * 3.5, 10)
+    assert not slow.should_prune()
+    refused = json.loads(study.trials[slow.number].user_attrs["lradvisor.prune_refused"])
+    assert refused["count"] == 1 and refused["could_win"] is True
+    assert refused["largest_gain"] == pytest.approx(3.0)
+    assert refused["reachable"] == pytest.approx(sign * 0.5)
+    # the base pruner did want it gone: without the rule it goes
+    plain = _contender_study((3.0, 0.2), direction, protect_contenders=False)
+    again = plain.ask()
+    again.report(sign * 3.5, 10)
+    assert again.should_prune()
+
+
+def test_a_trial_beyond_the_largest_gain_is_pruned_with_the_evidence():
+    study = _contender_study((3.0, 0.2))
+    hopeless = study.ask()
+    hopeless.report(4.5, 10)  # 4.5 − 3.0 = 1.5 > best 1.0
+    frozen = _finish(study, hopeless, hopeless.should_prune())
+    assert frozen.state == TrialState.PRUNED
+    contender = _detail(frozen)["contender"]
+    assert contender["could_win"] is False
+    assert contender["reachable"] == pytest.approx(1.5)
+    assert contender["study_best"] == 1.0 and contender["evidence"] == 2
+
+
+def test_the_rule_judges_a_trial_by_its_best_report_not_an_unlucky_last_one():
+    # gains after step 20 are at most 1.5 (from the best value up to 20 to the end)
+    study = _contender_study((3.0, 0.2))
+    noisy = study.ask()
+    noisy.report(2.0, 10)  # 2.0 − 1.5 < 1.0: could win
+    noisy.report(9.0, 20)  # one bad mini-batch report
+    assert not noisy.should_prune()
+    refused = json.loads(study.trials[noisy.number].user_attrs["lradvisor.prune_refused"])
+    assert refused["best_so_far"] == 2.0 and refused["step"] == 20
+
+
+def test_the_gain_factor_and_the_evidence_needed_are_honoured():
+    tight = _contender_study((3.0, 0.2), contender_factor=0.5)
+    trial = tight.ask()
+    trial.report(3.5, 10)  # 3.5 − 0.5·3.0 = 2.0 > 1.0
+    assert trial.should_prune()
+    wary = _contender_study((3.0, 0.2), min_contender_evidence=3)
+    trial = wary.ask()
+    trial.report(3.5, 10)  # two completed trials are not enough evidence to overrule
+    assert trial.should_prune()
+
+
+def test_the_rule_never_prunes_what_the_base_keeps():
+    study = _contender_study((0.0, 0.0))  # no trial ever gained: the rule would prune all
+    trial = study.ask()
+    trial.report(0.5, 10)  # ahead of the median
+    assert not trial.should_prune()
+    assert "lradvisor.prune_refused" not in study.trials[trial.number].user_attrs
+
+
+def test_pruners_pickled_before_the_contender_rule_load_with_its_defaults():
+    pruner = ConservationPruner(MedianPruner())
+    state = pruner.__dict__.copy()
+    for key in ("_protect_contenders", "_contender_factor", "_min_contender_evidence"):
+        del state[key]
+    from lradvisor.integrations._optuna_pruner import _restore
+
+    restored = _restore(ConservationPruner, state)
+    assert restored._protect_contenders is True and restored._contender_factor == 1.0
+
+
 def _hyperband() -> HyperbandPruner:
     return HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
 
@@ -438,6 +533,9 @@ def test_plain_base_is_not_turned_into_hyperband():
         ({"grace_factor": 0}, "grace_factor must be a finite number > 0"),
         ({"drift_patience": 2.5}, "drift_patience must be an integer, but got 2.5"),
         ({"base": "median"}, "base must be an optuna BasePruner or None, but got str"),
+        ({"contender_factor": 0.0}, "contender_factor must be a finite number > 0, but got 0.0"),
+        ({"protect_contenders": "yes"}, "protect_contenders must be True or False, but got 'yes'"),
+        ({"min_contender_evidence": 0}, "min_contender_evidence must be an integer ≥ 1, but got 0"),
     ],
 )
 def test_bad_arguments_name_the_limit_and_the_value(kwargs, message):

@@ -48,6 +48,7 @@ FINAL_PREDICTED_DRIFT = "lradvisor.final_predicted_drift"
 # Written by the pruner and the sampler.
 PRUNE_REASON = "lradvisor.prune_reason"
 PRUNE_DETAIL = "lradvisor.prune_detail"
+PRUNE_REFUSED = "lradvisor.prune_refused"
 PRIOR = "lradvisor.prior"
 # Study user_attrs.
 STUDY_TAU = "lradvisor.tau"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner, HyperbandPruner
 from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from lradvisor.errors import LRAdvisorError
 from lradvisor.integrations import _attrs
@@ -68,6 +69,15 @@ class ConservationPruner(BasePruner):
        early (a catapult) and wins once its Hessian has compressed; below the bound there is
        no catapult and no grace.
     5. ``"base_pruner"``: ``base.prune(study, trial)``; ``base=None`` never prunes here.
+       With ``protect_contenders`` (the default) a prune the base pruner asks for is
+       refused while the trial could still become the study's best: its latest value,
+       improved by ``contender_factor`` × the largest improvement any completed trial made
+       from the same step to its end, would beat the best completed value. The evidence is
+       the study's own trials, so the rule tightens as the study learns how much a trial
+       can still gain; with fewer than ``min_contender_evidence`` completed trials reported
+       at that step, the base pruner is not overruled. Refused prunes are counted in the
+       trial's ``lradvisor.prune_refused`` user_attr (a JSON string: the count and the last
+       refusal's evidence).
 
     Every prune writes ``lradvisor.prune_reason`` and ``lradvisor.prune_detail`` (a JSON
     string) into the trial's user_attrs. The pruner keeps no per-trial state: everything is
@@ -83,6 +93,10 @@ class ConservationPruner(BasePruner):
         tau: ``(a, b)`` of τ(η) = a/η + b in optimizer steps, e.g. from ``suggest``.
         grace_factor: the grace period in units of τ(η) (τ is the e-folding time of
             1 − q̄, a few steps at such rates; the catapult lasts several of them).
+        protect_contenders: refuse the base pruner's prune of a trial that could still
+            become the study's best (see 5.).
+        contender_factor: the safety factor on the largest improvement seen.
+        min_contender_evidence: completed trials needed before the rule can refuse.
 
     Example::
 
@@ -121,6 +135,9 @@ class ConservationPruner(BasePruner):
         blowup_factor: float = 1e3,
         tau: tuple[float, float] | None = None,
         grace_factor: float = 10.0,
+        protect_contenders: bool = True,
+        contender_factor: float = 1.0,
+        min_contender_evidence: int = 1,
     ) -> None:
         if base is not None and not isinstance(base, BasePruner):
             raise LRAdvisorError(
@@ -129,6 +146,20 @@ class ConservationPruner(BasePruner):
         _check_positive("stability_margin", stability_margin)
         _check_positive("ce_stability_margin", ce_stability_margin)
         _check_positive("grace_factor", grace_factor)
+        _check_positive("contender_factor", contender_factor)
+        if not isinstance(protect_contenders, bool):
+            raise LRAdvisorError(
+                f"protect_contenders must be True or False, but got {protect_contenders!r}."
+            )
+        if (
+            isinstance(min_contender_evidence, bool)
+            or not isinstance(min_contender_evidence, int)
+            or min_contender_evidence < 1
+        ):
+            raise LRAdvisorError(
+                "min_contender_evidence must be an integer ≥ 1, but got "
+                f"{min_contender_evidence!r}."
+            )
         if drift_factor is not None:
             _check_above_one("drift_factor", drift_factor)
         _check_above_one("blowup_factor", blowup_factor)
@@ -149,6 +180,16 @@ class ConservationPruner(BasePruner):
         self._blowup_factor = float(blowup_factor)
         self._tau = tau
         self._grace_factor = float(grace_factor)
+        self._protect_contenders = protect_contenders
+        self._contender_factor = float(contender_factor)
+        self._min_contender_evidence = min_contender_evidence
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # pruners pickled before the contender rule existed get its defaults
+        self.__dict__.update(
+            {"_protect_contenders": True, "_contender_factor": 1.0, "_min_contender_evidence": 1}
+        )
+        self.__dict__.update(state)
 
     @classmethod
     def from_advice(
@@ -194,12 +235,12 @@ class ConservationPruner(BasePruner):
         attrs = trial.user_attrs
         if attrs.get(_attrs.LOSS) not in CROSS_ENTROPY_NAMES:
             return 0.0
-        tau = self._tau or _study_tau(study)
         lr = attrs.get(_attrs.LR, trial.params.get("lr"))
         bound = attrs.get(_attrs.BOUND, attrs.get(_attrs.EOS_LR))
-        if tau is None or not _is_positive_number(lr) or not _is_positive_number(bound):
+        if not _is_positive_number(lr) or not _is_positive_number(bound) or lr < bound:
             return 0.0
-        if lr < bound:
+        tau = self._tau or _study_tau(study)  # a storage read: only for trials that need it
+        if tau is None:
             return 0.0
         return max(0.0, self._grace_factor * (tau[0] / lr + tau[1]))
 
@@ -212,9 +253,60 @@ class ConservationPruner(BasePruner):
                 return verdict
         if self._base is None or self._in_grace(study, trial):
             return None
-        if self._base.prune(study, trial):
-            return "base_pruner", {"pruner": type(self._base).__name__, "step": trial.last_step}
-        return None
+        if not self._base.prune(study, trial):
+            return None
+        contender = self.contender(study, trial) if self._protect_contenders else None
+        if contender is not None and contender["could_win"]:
+            _record_refusal(study, trial, contender)
+            return None
+        detail = {"pruner": type(self._base).__name__, "step": trial.last_step}
+        if contender is not None:
+            detail["contender"] = contender
+        return "base_pruner", detail
+
+    def contender(
+        self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, Any] | None:
+        """Could ``trial`` still become the study's best? None without the evidence to say.
+
+        Each completed trial shows how much a trial gained after step ``s`` (the trial's
+        latest step): from the best value it had reported up to ``s`` to its final value.
+        The largest such gain, times ``contender_factor``, is applied to the best value
+        ``trial`` has reported so far and compared with the best completed value. Best
+        values so far rather than the latest: a mini-batch validation curve is noisy, and a
+        trial must not be judged on one unlucky report.
+        """
+        step = trial.last_step
+        if step is None:
+            return None
+        minimize = study.direction == StudyDirection.MINIMIZE
+        own = _best_up_to(trial.intermediate_values, step, minimize)
+        if own is None:
+            return None
+        gains = []
+        best = None
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            final = other.value
+            if final is None or not math.isfinite(final):
+                continue
+            best = final if best is None else (min(best, final) if minimize else max(best, final))
+            then = _best_up_to(other.intermediate_values, step, minimize)
+            if then is not None:
+                gains.append(then - final if minimize else final - then)
+        if best is None or len(gains) < self._min_contender_evidence:
+            return None
+        gain = max(0.0, max(gains)) * self._contender_factor
+        reach = own - gain if minimize else own + gain
+        return {
+            "step": step,
+            "best_so_far": own,
+            "largest_gain": max(gains),
+            "contender_factor": self._contender_factor,
+            "reachable": reach,
+            "study_best": best,
+            "evidence": len(gains),
+            "could_win": reach < best if minimize else reach > best,
+        }
 
     def _in_grace(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
         grace = self.grace_steps(study, trial)
@@ -315,6 +407,24 @@ class ConservationPruner(BasePruner):
         return 1.0 / self._drift_factor <= abs(ratio) <= self._drift_factor
 
 
+def _best_up_to(values: dict[int, float], step: int, minimize: bool) -> float | None:
+    """The best finite intermediate value reported at or before ``step``."""
+    finite = [v for s, v in values.items() if s <= step and math.isfinite(v)]
+    if not finite:
+        return None
+    return min(finite) if minimize else max(finite)
+
+
+def _record_refusal(
+    study: optuna.study.Study, trial: optuna.trial.FrozenTrial, contender: dict[str, Any]
+) -> None:
+    """One write: how many prunes were refused so far and the evidence of the last one."""
+    previous = _attrs.decode(trial.user_attrs.get(_attrs.PRUNE_REFUSED))
+    count = previous.get("count", 0) if isinstance(previous, dict) else 0
+    record = {"count": count + 1 if _is_number(count) else 1, **contender}
+    study._storage.set_trial_user_attr(trial._trial_id, _attrs.PRUNE_REFUSED, _attrs.encode(record))
+
+
 def _checked_tau(tau: object) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in tau)  # type: ignore[union-attr]
@@ -337,7 +447,7 @@ def _study_tau(study: optuna.study.Study) -> tuple[float, float] | None:
 
 def _restore(requested: type, state: dict[str, Any]) -> ConservationPruner:
     pruner = requested.__new__(requested, state.get("_base"))
-    pruner.__dict__.update(state)
+    pruner.__setstate__(state)
     return pruner
 
 
