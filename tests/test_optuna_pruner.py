@@ -405,6 +405,12 @@ def test_a_trial_that_could_still_win_is_not_pruned_by_the_base(direction):
     assert refused["count"] == 1 and refused["could_win"] is True
     assert refused["largest_gain"] == pytest.approx(3.0)
     assert refused["reachable"] == pytest.approx(sign * 0.5)
+    # the trial's MLflow run says so, and a study summary counts it
+    from lradvisor.integrations._mlflow_payloads import trial_payload
+
+    study.tell(slow, sign * 0.9)
+    tags = trial_payload(study, study.trials[slow.number], tracking_uri="x")["tags"]
+    assert tags["lradvisor.prune_refused"].startswith("1 prune(s) of the base pruner refused")
     # the base pruner did want it gone: without the rule it goes
     plain = _contender_study((3.0, 0.2), direction, protect_contenders=False)
     again = plain.ask()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import socket
@@ -17,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from lradvisor.cli import main
-from lradvisor.studies import alpha_by_architecture, load_study, run_study
+from lradvisor.studies import alpha_by_architecture, load_study, render_summary, run_study
 from lradvisor.studies.objective import (
     ARCHITECTURE_ATTR,
     DRIFT_ATTR,
@@ -102,6 +103,10 @@ def test_trials_beyond_the_bound_are_pruned_before_training(tmp_path: Path) -> N
     assert summary.steps_saved_before_training == 3 * 20 == summary.steps_saved_by_pruning
     assert summary.prune_reasons == {"beyond_stability_bound": 3}
     assert all(t.user_attrs[STEPS_ATTR] == 0 for t in _trials(_sqlite(tmp_path)))
+    assert summary.kept_as_contenders == 0
+    assert "kept " not in render_summary(summary)
+    kept = render_summary(dataclasses.replace(summary, kept_as_contenders=2))
+    assert "kept       2 trial(s) the base pruner would have pruned" in kept
 
 
 def test_dead_local_worker_trial_is_failed_and_retried(tmp_path: Path) -> None:

@@ -201,6 +201,12 @@ def trial_payload(study: optuna.Study, trial: FrozenTrial, *, tracking_uri: str)
     }
     if attrs.get("lradvisor.prune_reason"):
         tags["lradvisor.prune_reason"] = str(attrs["lradvisor.prune_reason"])
+    refused = _attrs.decode(attrs.get(_attrs.PRUNE_REFUSED))
+    if isinstance(refused, dict):
+        tags[_attrs.PRUNE_REFUSED] = (
+            f"{refused.get('count')} prune(s) of the base pruner refused: the trial could "
+            "still become the best"
+        )
     return {
         "kind": "trial",
         "tracking_uri": tracking_uri,

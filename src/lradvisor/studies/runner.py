@@ -100,6 +100,7 @@ class StudySummary:
     workers: int
     wall_time: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    kept_as_contenders: int = 0  # trials in which the pruner refused a prune of the base
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -689,6 +690,7 @@ def summarize(
         steps_saved_before_training=steps * sum(1 for n in trained if n == 0),
         steps_saved_by_pruning=sum(steps - n for n in trained),
         prune_reasons=dict(Counter(str(t.user_attrs.get(PRUNE_REASON_ATTR, "?")) for t in pruned)),
+        kept_as_contenders=sum(1 for t in trials if "lradvisor.prune_refused" in t.user_attrs),
         retried=sum(1 for t in trials if "failed_trial" in t.system_attrs),
         alpha_groups=tuple(alpha_by_architecture(complete)),
         alpha_predicted=alpha_predicted,
@@ -729,6 +731,11 @@ def render_summary(summary: StudySummary) -> str:
             f"({summary.steps_saved_before_training} steps saved), "
             f"{summary.steps_saved_by_pruning} of {pruned * summary.steps_per_trial} steps saved "
             f"in all; reasons: {reasons}"
+        )
+    if summary.kept_as_contenders:
+        lines.append(
+            f"kept       {summary.kept_as_contenders} trial(s) the base pruner would have "
+            "pruned while they could still become the best"
         )
     lines.append("")
     lines.append(_render_alpha(summary))
