@@ -395,7 +395,8 @@ def _contender_study(
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
 def test_a_trial_that_could_still_win_is_not_pruned_by_the_base(direction):
-    # completed trials gained up to 3.0 after step 10: a trial at 3.5 could still reach 0.5 < 1.0
+    # completed trials gained up to 3.0 after step 10; twice that (the default safety
+    # factor) from 3.5 reaches -2.5 < 1.0: it could still win
     study = _contender_study((3.0, 0.2), direction)
     sign = 1.0 if direction == "minimize" else -1.0
     slow = study.ask()
@@ -404,7 +405,8 @@ def test_a_trial_that_could_still_win_is_not_pruned_by_the_base(direction):
     refused = json.loads(study.trials[slow.number].user_attrs["lradvisor.prune_refused"])
     assert refused["count"] == 1 and refused["could_win"] is True
     assert refused["largest_gain"] == pytest.approx(3.0)
-    assert refused["reachable"] == pytest.approx(sign * 0.5)
+    assert refused["reachable"] == pytest.approx(sign * -2.5)
+    assert refused["contender_factor"] == 2.0
     # the trial's MLflow run says so, and a study summary counts it
     from lradvisor.integrations._mlflow_payloads import trial_payload
 
@@ -421,7 +423,7 @@ def test_a_trial_that_could_still_win_is_not_pruned_by_the_base(direction):
 def test_a_trial_beyond_the_largest_gain_is_pruned_with_the_evidence():
     study = _contender_study((3.0, 0.2))
     hopeless = study.ask()
-    hopeless.report(4.5, 10)  # 4.5 − 3.0 = 1.5 > best 1.0
+    hopeless.report(7.5, 10)  # 7.5 − 2 × 3.0 = 1.5 > best 1.0
     frozen = _finish(study, hopeless, hopeless.should_prune())
     assert frozen.state == TrialState.PRUNED
     contender = _detail(frozen)["contender"]
@@ -468,7 +470,7 @@ def test_pruners_pickled_before_the_contender_rule_load_with_its_defaults():
     from lradvisor.integrations._optuna_pruner import _restore
 
     restored = _restore(ConservationPruner, state)
-    assert restored._protect_contenders is True and restored._contender_factor == 1.0
+    assert restored._protect_contenders is True and restored._contender_factor == 2.0
 
 
 def _hyperband() -> HyperbandPruner:
