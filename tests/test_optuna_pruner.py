@@ -443,6 +443,23 @@ def test_the_rule_judges_a_trial_by_its_best_report_not_an_unlucky_last_one():
     assert refused["best_so_far"] == 2.0 and refused["step"] == 20
 
 
+def test_a_trial_whose_value_still_moves_is_judged_by_its_own_movement_too():
+    # no completed trial gained anything after step 20; this one still moves by 0.25
+    # between reports (mini-batch noise, a catapult): 1.05 − 2 × 0.25 = 0.55 could beat 1.0
+    study = _contender_study((0.0, 0.0))
+    moving = study.ask()
+    moving.report(1.3, 10)
+    moving.report(1.05, 20)
+    assert not moving.should_prune()
+    refused = json.loads(study.trials[moving.number].user_attrs["lradvisor.prune_refused"])
+    assert refused["own_movement"] == pytest.approx(0.25)
+    assert refused["reachable"] == pytest.approx(0.55)
+    still = study.ask()  # the same place without the movement is hopeless
+    still.report(1.05, 10)
+    still.report(1.05, 20)
+    assert still.should_prune()
+
+
 def test_the_gain_factor_and_the_evidence_needed_are_honoured():
     tight = _contender_study((3.0, 0.2), contender_factor=0.5)
     trial = tight.ask()

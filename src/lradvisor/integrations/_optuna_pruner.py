@@ -70,9 +70,10 @@ class ConservationPruner(BasePruner):
        no catapult and no grace.
     5. ``"base_pruner"``: ``base.prune(study, trial)``; ``base=None`` never prunes here.
        With ``protect_contenders`` (the default) a prune the base pruner asks for is
-       refused while the trial could still become the study's best: its latest value,
-       improved by ``contender_factor`` × the largest improvement any completed trial made
-       from the same step to its end, would beat the best completed value. The evidence is
+       refused while the trial could still become the study's best: its best value so
+       far, improved by ``contender_factor`` × the larger of the largest improvement any
+       completed trial made from the same step to its end and the trial's own recent
+       movement (see :meth:`contender`), would beat the best completed value. The evidence is
        the study's own trials, so the rule tightens as the study learns how much a trial
        can still gain; with fewer than ``min_contender_evidence`` completed trials reported
        at that step, the base pruner is not overruled. Refused prunes are counted in the
@@ -274,10 +275,12 @@ class ConservationPruner(BasePruner):
 
         Each completed trial shows how much a trial gained after step ``s`` (the trial's
         latest step): from the best value it had reported up to ``s`` to its final value.
-        The largest such gain, times ``contender_factor``, is applied to the best value
-        ``trial`` has reported so far and compared with the best completed value. Best
-        values so far rather than the latest: a mini-batch validation curve is noisy, and a
-        trial must not be judged on one unlucky report.
+        The trial itself shows how much its value still moves: the spread of its last
+        ``RECENT_REPORTS`` reports (a mini-batch curve fluctuates, and its final value is
+        one more sample of that fluctuation; a catapult swings far). The larger of the two,
+        times ``contender_factor``, is applied to the best value ``trial`` has reported so
+        far and compared with the best completed value. Best values so far rather than the
+        latest: a trial must not be judged on one unlucky report.
         """
         step = trial.last_step
         if step is None:
@@ -298,12 +301,14 @@ class ConservationPruner(BasePruner):
                 gains.append(then - final if minimize else final - then)
         if best is None or len(gains) < self._min_contender_evidence:
             return None
-        gain = max(0.0, max(gains)) * self._contender_factor
+        movement = _recent_movement(trial.intermediate_values, step)
+        gain = max(0.0, max(gains), movement) * self._contender_factor
         reach = own - gain if minimize else own + gain
         return {
             "step": step,
             "best_so_far": own,
             "largest_gain": max(gains),
+            "own_movement": movement,
             "contender_factor": self._contender_factor,
             "reachable": reach,
             "study_best": best,
@@ -408,6 +413,16 @@ class ConservationPruner(BasePruner):
     def _in_band(self, ratio: float) -> bool:
         # The size is compared, not the sign: δ(t) may change sign as training leaves θ₀.
         return 1.0 / self._drift_factor <= abs(ratio) <= self._drift_factor
+
+
+RECENT_REPORTS = 3  # reports whose spread measures how much a trial's value still moves
+
+
+def _recent_movement(values: dict[int, float], step: int) -> float:
+    """max − min of the last ``RECENT_REPORTS`` finite reports at or before ``step``."""
+    recent = [values[s] for s in sorted(values) if s <= step and math.isfinite(values[s])]
+    recent = recent[-RECENT_REPORTS:]
+    return max(recent) - min(recent) if len(recent) > 1 else 0.0
 
 
 def _best_up_to(values: dict[int, float], step: int, minimize: bool) -> float | None:
