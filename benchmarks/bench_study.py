@@ -637,6 +637,12 @@ def main() -> None:
     budget_trials = args.budget_trials
     tasks = [t for t in TASKS if not args.tasks or t.name in args.tasks.split(",")]
     methods = list(METHODS if not args.methods else args.methods.split(","))
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or "tpe" not in methods:
+        parser.error(
+            f"--methods: expected a comma-separated subset of {', '.join(METHODS)} that "
+            f"includes tpe (the reference), got {args.methods!r}"
+        )
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     started = time.perf_counter()
     print(

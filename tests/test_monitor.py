@@ -225,6 +225,13 @@ def test_optimizers_that_break_the_identity_report_direct_drift_only(make_optimi
         assert np.isnan(report.unit_drift_identity).all()
     assert any("reporting the direct drift C(T) − C(0) only" in n for n in reports[0].notes)
     assert "breaks the η²·S identity" in monitor.summary()
+    # the η²·S sum would never be reported, so observe() only counts the step: it reads
+    # no gradient (the Optuna plugin's per-step cost for such optimizers)
+    assert monitor.steps == 30
+    for parameter in model.parameters():
+        parameter.grad = None
+    monitor.observe()
+    assert monitor.steps == 31
 
 
 def test_no_optimizer_and_no_lr_reports_direct_drift_only():

@@ -213,9 +213,15 @@ class ConservationMonitor:
         """Accumulate η_t² δ(t) for every law from the current ``.grad`` tensors.
 
         Call after ``loss.backward()`` and before ``optimizer.step()``. No host sync.
+        Where the optimizer breaks the identity for good (momentum, weight decay, Adam, …)
+        the sum would never be reported, so only the step is counted: the drift is then
+        read from the weights (``drift_direct``) and observing costs nothing.
         """
         if self.track_every is not None and self.steps % self.track_every == 0:
             self._record()
+        if self._optimizer_notes:
+            self._count_step()
+            return
         groups = None if self.optimizer is None else self.optimizer.param_groups
         rates = {id(law): self._rate(law, groups) for law in self._laws if not law.broken}
         active = [(law, rates[id(law)]) for law in self._laws if rates.get(id(law)) is not None]
@@ -226,6 +232,9 @@ class ConservationMonitor:
                 law.identity_sum.add_(delta * rate.to(delta) ** 2)
             else:
                 law.identity_sum.add_(delta, alpha=rate * rate)
+        self._count_step()
+
+    def _count_step(self) -> None:
         if self.optimizer is not None and self._optimizer_steps != self.steps:
             self._optimizer_steps = -1
         self.steps += 1
