@@ -22,6 +22,7 @@ from _mlflow_server import study_file as _study_file
 from lradvisor.cli import main
 from lradvisor.integrations._attrs import decode
 from lradvisor.integrations._mlflow_payloads import metric_key, parent_key
+from lradvisor.integrations.mlflow import _SenderProcess
 from lradvisor.studies import run_study
 from lradvisor.studies.objective import StudyObjective
 from lradvisor.studies.storage import OWNER_ATTR, StorageSpec
@@ -32,6 +33,17 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread: None) -> None:
     """Tiny models: one torch thread (see conftest.one_thread)."""
+
+
+@pytest.fixture(autouse=True)
+def _patient_requests(monkeypatch) -> None:
+    """The servers here are healthy (or stopped: refused at once), but on a loaded CI
+    machine one request can take longer than the 3 s after which lradvisor calls a server
+    away and keeps the payloads for later (CI saw it once). That behaviour has its own tests
+    against a server that hangs (tests/test_mlflow_resilience.py); here requests get 30 s,
+    in a sender child started with that setting."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    monkeypatch.setattr(_SenderProcess, "_shared", None)
 
 
 @pytest.fixture(scope="module")
