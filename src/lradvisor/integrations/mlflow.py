@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,10 +374,37 @@ class _Delivery:
         return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
 
     def _parent(self, experiment: str, payload: dict[str, Any]) -> str:
-        """The study's parent run: found by its key, else created (the oldest one wins)."""
+        """The study's parent run: found by its key, else created (the oldest one wins).
+
+        Several processes of one study (workers, or two commands started together) each
+        look for the parent and create it when they find none. On a local SQLite store the
+        look-and-create holds the lock next to the store, so exactly one is created (a test
+        of two processes started on one signal once saw two). Against a server nothing is
+        shared: the oldest of the racing runs is kept and the others deleted, which misses a
+        run created after this process looked.
+        """
         key = payload["parent_key"]
         if (experiment, key) in self._parents:
             return self._parents[(experiment, key)]
+        with self._store_lock():
+            return self._find_or_create_parent(experiment, key, payload)
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """The lock next to a local SQLite store (the one :meth:`_open` takes); else none."""
+        prefix = "sqlite:///"
+        database = Path(self.uri[len(prefix) :]) if self.uri.startswith(prefix) else None
+        if database is None or database.name in ("", ":memory:"):
+            yield
+            return
+        with open(database.with_name(database.name + ".init.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _find_or_create_parent(self, experiment: str, key: str, payload: dict[str, Any]) -> str:
         runs = self._runs(experiment, {PARENT_KEY_TAG: key, "lradvisor.role": "study"})
         if not runs:
             tags = {PARENT_KEY_TAG: key, "lradvisor.role": "study"}
