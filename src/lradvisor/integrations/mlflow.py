@@ -667,7 +667,11 @@ class _SenderProcess:
         with cls._shared_lock:
             if cls._shared is None or not cls._shared.alive():
                 cls._shared = cls()
-                atexit.register(cls._shared.close, wait=REQUEST_TIMEOUT + 2.0)
+                # At exit the child may be creating a new local store's tables (a command
+                # stopped seconds after it started, on a busy machine): a kill then would
+                # leave the store half-migrated for every later use, so a child still busy
+                # is left to finish; with stdin closed it ends after that request.
+                atexit.register(cls._shared.close, wait=REQUEST_TIMEOUT + 2.0, kill=False)
             return cls._shared
 
     def __init__(self) -> None:
@@ -706,7 +710,9 @@ class _SenderProcess:
         self.close(wait=10.0)  # a child that is merely slow gets to finish what it does
         return None
 
-    def close(self, wait: float = 10.0) -> None:
+    def close(self, wait: float = 10.0, *, kill: bool = True) -> None:
+        """Close the child's stdin (it ends after its current request) and wait ``wait``
+        seconds; then kill it, or with ``kill=False`` leave it to finish on its own."""
         if self.process is None:
             return
         with contextlib.suppress(OSError, ValueError):
@@ -714,8 +720,9 @@ class _SenderProcess:
         try:
             self.process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            if kill:
+                self.process.kill()
+                self.process.wait()
         self.process = None
 
 
