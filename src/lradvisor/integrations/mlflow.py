@@ -301,18 +301,10 @@ class _Delivery:
         under a lock next to it."""
         from mlflow import MlflowClient
 
-        prefix = "sqlite:///"
-        database = Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
-        if database is None or database.name in ("", ":memory:"):
-            return MlflowClient(tracking_uri=uri)
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with open(database.with_name(database.name + ".init.lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                client = MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            if _local_database(uri) is not None:
                 client.search_experiments(max_results=1)
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
         return client
 
     def reachable(self) -> str | None:
@@ -386,23 +378,8 @@ class _Delivery:
         key = payload["parent_key"]
         if (experiment, key) in self._parents:
             return self._parents[(experiment, key)]
-        with self._store_lock():
+        with _store_lock(self.uri):
             return self._find_or_create_parent(experiment, key, payload)
-
-    @contextlib.contextmanager
-    def _store_lock(self) -> Iterator[None]:
-        """The lock next to a local SQLite store (the one :meth:`_open` takes); else none."""
-        prefix = "sqlite:///"
-        database = Path(self.uri[len(prefix) :]) if self.uri.startswith(prefix) else None
-        if database is None or database.name in ("", ":memory:"):
-            yield
-            return
-        with open(database.with_name(database.name + ".init.lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _find_or_create_parent(self, experiment: str, key: str, payload: dict[str, Any]) -> str:
         runs = self._runs(experiment, {PARENT_KEY_TAG: key, "lradvisor.role": "study"})
@@ -854,6 +831,32 @@ class _Uploader:
 def _quarantine_reason(result: SyncResult) -> str:
     reasons = [e for e in result.errors if e.split(":", 1)[0] in result.quarantined]
     return reasons[0].split(": ", 1)[-1] if reasons else "malformed"
+
+
+def _local_database(uri: str) -> Path | None:
+    """The file of a local ``sqlite:///`` store, else None (servers, in-memory stores)."""
+    prefix = "sqlite:///"
+    database = Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    if database is None or database.name in ("", ":memory:"):
+        return None
+    return database
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` on the file next to a local SQLite store (first use, parent
+    runs); no lock for any other store."""
+    database = _local_database(uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".init.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def warm(uri: str) -> tuple[dict[str, _Delivery], str | None, bool]:
