@@ -37,7 +37,8 @@ ARGUMENTS = ("study", "run", "s.yaml", "--no-predict")
 #: A process that imports lradvisor's heavy dependencies once, then for each repetition
 #: says it is ready in that repetition's folder, waits for the go signal there and runs
 #: ``lradvisor ARGS…`` in it (the import path as for the installed command), its stderr
-#: (fd 2) in ``stderr-INDEX`` and its exit code in ``exit-INDEX``.
+#: (fd 2) in ``stderr-INDEX`` and its exit code in ``exit-INDEX`` (written under another
+#: name and renamed, so the test never reads the file between its creation and the write).
 STARTER = """
 import os, sys, time, traceback
 sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
@@ -63,8 +64,9 @@ for repetition in range(repetitions):
         code = 1
     sys.stderr.flush()
     os.close(log)
-    with open(f"exit-{index}", "w") as done:
+    with open(f"exit-{index}.part", "w") as done:  # renamed when written: never read empty
         done.write(str(code))
+    os.replace(f"exit-{index}.part", f"exit-{index}")
 """
 
 
