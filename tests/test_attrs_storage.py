@@ -34,6 +34,14 @@ def _check(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match="finished"):
         _attrs.set_many(trial, {"a": 3})
     assert study._storage.get_trial(trial._trial_id).user_attrs["a"] == 2
+    missing = optuna.Trial(study, trial._trial_id)
+    missing._trial_id = trial._trial_id + 1000
+    with pytest.raises(KeyError):  # Optuna's error for a trial that is not there
+        _attrs.set_many(missing, {"a": 4})
+    # The statement is compiled once per dialect and reused.
+    dialect = backend.engine.name
+    table = optuna.storages._rdb.models.TrialUserAttributeModel
+    assert _attrs._upsert_statement(dialect, table) is _attrs._upsert_statement(dialect, table)
 
 
 def test_set_many_on_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,11 +111,12 @@ def _plain(value: Any) -> Any:
 def set_many(trial: Any, values: Mapping[str, Any]) -> None:
     """Write several user_attrs of a running ``optuna.Trial`` (values already encoded).
 
-    On an RDB storage (SQLite, PostgreSQL, …) they go in one transaction, and on SQLite and
-    PostgreSQL in one multi-row upsert: a report's handful of attrs then costs one statement
-    and one commit instead of a lookup, an upsert and a commit each (those were most of the
-    plugin's cost on SQLite). This uses Optuna's private RDB API (``optuna<6`` is pinned);
-    where it is missing, and on every other storage, one ``set_user_attr`` per value.
+    On SQLite and PostgreSQL they go in one transaction on a plain connection: a check that
+    the trial is still running (Optuna's, on its state) and one upsert statement for all the
+    rows, instead of a lookup, an upsert and a commit per key through Optuna's ORM session
+    (those were most of the plugin's CPU on SQLite). Other RDB dialects get one ORM
+    transaction; every other storage one ``set_user_attr`` per value. This uses Optuna's
+    private RDB API (``optuna<6`` is pinned); where it is missing, the public path.
     """
     if not values:
         return
@@ -127,46 +128,79 @@ def set_many(trial: Any, values: Mapping[str, Any]) -> None:
         from optuna.storages._rdb.storage import _create_scoped_session
     except ImportError:  # a future Optuna: the public path
         RDBStorage = None
+    written = False
     if RDBStorage is not None and isinstance(backend, RDBStorage):
+        statement = _upsert_statement(backend.engine.name, models.TrialUserAttributeModel)
         setter = getattr(backend, "_set_trial_attr_without_commit", None)
-        if setter is not None:
+        if statement is not None:
+            _upsert(backend, models, trial._trial_id, values, statement)
+            written = True
+        elif setter is not None:
             with _create_scoped_session(backend.scoped_session, True) as session:
-                if not _upsert(backend, session, models, trial._trial_id, values):
-                    for key, value in values.items():
-                        setter(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-            cached = getattr(trial, "_cached_frozen_trial", None)
-            if cached is not None:
-                cached.user_attrs.update(values)
-            return
-    for key, value in values.items():
-        trial.set_user_attr(key, value)
+                for key, value in values.items():
+                    setter(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+            written = True
+    if not written:
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        return
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(values)
 
 
-def _upsert(backend: Any, session: Any, models: Any, trial_id: int, values: Mapping) -> bool:
-    """One multi-row INSERT … ON CONFLICT DO UPDATE of the user_attrs (what Optuna does per
-    key, after the same check that the trial is still running); False where the dialect has
-    no such statement here (the caller then goes key by key)."""
+def _upsert(backend: Any, models: Any, trial_id: int, values: Mapping, statement: Any) -> None:
+    """The state check and the upsert of every row, in one transaction.
+
+    The statement is built once per dialect and the check reads the state alone, so
+    SQLAlchemy compiles each once (a multi-row VALUES of varying length, Optuna's ORM lookup
+    of the whole trial and its session were most of a write's CPU). Errors are Optuna's:
+    KeyError for a missing trial, UpdateFinishedTrialError for a finished one,
+    StorageInternalError for a database error (the transaction is rolled back)."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    rows = [
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+        for key, value in values.items()
+    ]
+    try:
+        with backend.engine.begin() as connection:
+            state = connection.execute(
+                select(models.TrialModel.state).where(models.TrialModel.trial_id == trial_id)
+            ).scalar_one_or_none()
+            if state is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            backend.check_trial_is_updatable(trial_id, state)
+            connection.execute(statement, rows)
+    except SQLAlchemyError as error:
+        raise StorageInternalError(
+            "An exception is raised during the commit. "
+            "This typically happens due to invalid data in the commit, "
+            "e.g. exceeding max length. "
+        ) from error
+
+
+_STATEMENTS: dict[tuple[str, Any], Any] = {}
+
+
+def _upsert_statement(dialect: str, table: Any) -> Any:
+    """The dialect's upsert of one (trial_id, key, value_json) row, or None without one."""
     import sqlite3
 
-    dialect = backend.engine.name
+    if (dialect, table) in _STATEMENTS:
+        return _STATEMENTS[dialect, table]
     if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        return False
-    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-    backend.check_trial_is_updatable(trial_id, trial.state)
-    table = models.TrialUserAttributeModel
-    statement = insert(table).values(
-        [
-            {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
-            for key, value in values.items()
-        ]
-    )
+        return None
+    statement = insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=[table.trial_id, table.key],
         set_={"value_json": statement.excluded.value_json},
     )
-    session.execute(statement)
-    return True
+    _STATEMENTS[dialect, table] = statement
+    return statement
