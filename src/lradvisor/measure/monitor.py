@@ -208,20 +208,24 @@ class ConservationMonitor:
 
     # ------------------------------------------------------------------------ per step
 
-    @torch.no_grad()
     def observe(self) -> None:
         """Accumulate η_t² δ(t) for every law from the current ``.grad`` tensors.
 
         Call after ``loss.backward()`` and before ``optimizer.step()``. No host sync.
         Where the optimizer breaks the identity for good (momentum, weight decay, Adam, …)
         the sum would never be reported, so only the step is counted: the drift is then
-        read from the weights (``drift_direct``) and observing costs nothing.
+        read from the weights (``drift_direct``) and observing costs a counter (no
+        autograd context either).
         """
         if self.track_every is not None and self.steps % self.track_every == 0:
             self._record()
         if self._optimizer_notes:
             self._count_step()
             return
+        self._accumulate()
+
+    @torch.no_grad()
+    def _accumulate(self) -> None:
         groups = None if self.optimizer is None else self.optimizer.param_groups
         rates = {id(law): self._rate(law, groups) for law in self._laws if not law.broken}
         active = [(law, rates[id(law)]) for law in self._laws if rates.get(id(law)) is not None]
@@ -277,6 +281,7 @@ class ConservationMonitor:
     def _out_of_step(self) -> bool:
         return self._optimizer_steps < 0
 
+    @torch.no_grad()
     def _record(self) -> None:
         balances = [law.balance() for law in self._laws]
         sums = [law.identity_sum.clone() for law in self._laws]
