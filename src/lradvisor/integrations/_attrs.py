@@ -120,6 +120,18 @@ def set_many(trial: Any, values: Mapping[str, Any]) -> None:
     """
     if not values:
         return
+    if not _write_rdb(trial, values):
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        return
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    if cached is not None:
+        cached.user_attrs.update(values)
+
+
+def _write_rdb(trial: Any, values: Mapping[str, Any]) -> bool:
+    """One transaction on the trial's RDB storage; False where that path is not open (not an
+    RDB storage, or Optuna's private API moved)."""
     storage = getattr(trial, "storage", None)
     backend = getattr(storage, "_backend", storage)
     try:
@@ -127,26 +139,20 @@ def set_many(trial: Any, values: Mapping[str, Any]) -> None:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
     except ImportError:  # a future Optuna: the public path
-        RDBStorage = None
-    written = False
-    if RDBStorage is not None and isinstance(backend, RDBStorage):
-        statement = _upsert_statement(backend.engine.name, models.TrialUserAttributeModel)
-        setter = getattr(backend, "_set_trial_attr_without_commit", None)
-        if statement is not None:
-            _upsert(backend, models, trial._trial_id, values, statement)
-            written = True
-        elif setter is not None:
-            with _create_scoped_session(backend.scoped_session, True) as session:
-                for key, value in values.items():
-                    setter(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-            written = True
-    if not written:
+        return False
+    if not isinstance(backend, RDBStorage):
+        return False
+    statement = _upsert_statement(backend.engine.name, models.TrialUserAttributeModel)
+    if statement is not None:
+        _upsert(backend, models, trial._trial_id, values, statement)
+        return True
+    setter = getattr(backend, "_set_trial_attr_without_commit", None)
+    if setter is None:
+        return False
+    with _create_scoped_session(backend.scoped_session, True) as session:
         for key, value in values.items():
-            trial.set_user_attr(key, value)
-        return
-    cached = getattr(trial, "_cached_frozen_trial", None)
-    if cached is not None:
-        cached.user_attrs.update(values)
+            setter(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+    return True
 
 
 def _upsert(backend: Any, models: Any, trial_id: int, values: Mapping, statement: Any) -> None:
@@ -176,9 +182,7 @@ def _upsert(backend: Any, models: Any, trial_id: int, values: Mapping, statement
             connection.execute(statement, rows)
     except SQLAlchemyError as error:
         raise StorageInternalError(
-            "An exception is raised during the commit. "
-            "This typically happens due to invalid data in the commit, "
-            "e.g. exceeding max length. "
+            f"writing user_attrs {sorted(values)} of trial {trial_id} failed: {error}"
         ) from error
 
 
